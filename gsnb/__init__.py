@@ -10,9 +10,11 @@ from gsnb.attribution import (
 )
 from gsnb.cache import ActivationStore, cache_activations
 from gsnb.circuits import trace
+from gsnb.clt import CLTConfig, CrossLayerTranscoder
 from gsnb.evals import EvalResult, evaluate, splice
 from gsnb.features import Example, FeatureStats, LogitEffects, feature_stats
 from gsnb.graph import Graph
+from gsnb.graph_view import GraphView
 from gsnb.hooks import StopForward
 from gsnb.models import EMBEDDED_NAME, Model, load_model
 from gsnb.releases import ReleaseInfo, list_releases, list_sae_ids, load_sae
@@ -29,7 +31,7 @@ from gsnb.steering import (
     strength_sweep,
 )
 from gsnb.train import SuiteResult, TrainConfig, TrainResult, small_suite, train_sae, train_suite
-from gsnb.widgets import FeatureInspector, GraphView, PromptInspector, SteeringPlayground
+from gsnb.widgets import FeatureInspector, PromptInspector, SteeringPlayground
 
 __all__ = [
     "Ablate",
@@ -48,6 +50,8 @@ __all__ = [
     "EMBEDDED_NAME",
     "KINDS",
     "ActivationStore",
+    "CLTConfig",
+    "CrossLayerTranscoder",
     "EvalResult",
     "Example",
     "FeatureInspector",

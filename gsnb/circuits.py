@@ -3,6 +3,8 @@
 The local replacement model swaps every MLP for a transcoder, freezes the attention patterns and
 the RMSNorm scales at their values on the prompt, and adds an error node per (layer, position)
 holding ``true mlp_out - transcoder output``; it reproduces the model's logits on that prompt.
+The transcoders are one per layer or a cross-layer transcoder (:mod:`gsnb.clt`), whose features
+write every later layer's MLP output too; both go through the same code.
 With those parts frozen, every transcoder feature's pre-activation and every logit is a linear
 function of what the embeddings, the active features and the error nodes write into the
 residual stream. The edge ``s -> t`` is ``activation(s) * d pre_t / d s`` along those paths.
@@ -19,9 +21,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from gsnb.clt import CrossLayerTranscoder, PerLayerTranscoders, reconstruct
 from gsnb.graph import Graph
 from gsnb.hooks import capture_fns
-from gsnb.sae import JumpReLUSAE
 
 
 @dataclass
@@ -39,14 +41,31 @@ class FrozenPrompt:
     mlp_in: list[torch.Tensor]
     """Per layer ``[pos, d_model]`` transcoder inputs."""
     errors: list[torch.Tensor]
-    """Per layer ``[pos, d_model]`` ``true mlp_out - transcoder(mlp_in)``."""
+    """Per layer ``[pos, d_model]`` ``true mlp_out - transcoder output``."""
     activations: list[torch.Tensor]
-    """Per layer ``[pos, d_sae]`` transcoder feature activations (dense)."""
+    """Per (source) layer ``[pos, d_sae]`` transcoder feature activations (dense)."""
     logits: torch.Tensor
     """``[pos, vocab]`` the model's logits."""
 
 
-def _check_transcoders(model, transcoders) -> list[JumpReLUSAE]:
+Stack = CrossLayerTranscoder | PerLayerTranscoders
+"""What tracing runs on: a CLT, or per-layer transcoders seen through the same methods."""
+
+
+def as_stack(transcoders) -> Stack:
+    """A :class:`CrossLayerTranscoder` or :class:`PerLayerTranscoders` as is; a list of
+    per-layer transcoders ordered by layer wrapped in :class:`PerLayerTranscoders`."""
+    if isinstance(transcoders, (CrossLayerTranscoder, PerLayerTranscoders)):
+        return transcoders
+    return PerLayerTranscoders(transcoders)
+
+
+def _check_transcoders(model, transcoders) -> Stack:
+    if isinstance(transcoders, CrossLayerTranscoder):
+        transcoders.check_model(model)
+        return transcoders
+    if isinstance(transcoders, PerLayerTranscoders):
+        transcoders = transcoders.transcoders
     if isinstance(transcoders, dict):
         by_layer = dict(transcoders)
     else:
@@ -67,7 +86,7 @@ def _check_transcoders(model, transcoders) -> list[JumpReLUSAE]:
                 f"it must read mlp_in.{layer} and write mlp_out.{layer}"
             )
         tc.check_model(model)
-    return ordered
+    return PerLayerTranscoders(ordered)
 
 
 def _rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -80,8 +99,11 @@ def _gain(norm) -> torch.Tensor:
 
 
 @torch.no_grad()
-def freeze_prompt(model, transcoders: list[JumpReLUSAE], tokens: torch.Tensor) -> FrozenPrompt:
-    """Run the model once on ``tokens [pos]`` and keep what the replacement model freezes."""
+def freeze_prompt(model, transcoders, tokens: torch.Tensor) -> FrozenPrompt:
+    """Run the model once on ``tokens [pos]`` and keep what the replacement model freezes.
+
+    ``transcoders``: a list of per-layer transcoders, or a stack (see :func:`as_stack`)."""
+    stack = as_stack(transcoders)
     sites = ["embed"] + [
         f"{k}.{layer}"
         for layer in range(model.n_layers)
@@ -103,8 +125,8 @@ def freeze_prompt(model, transcoders: list[JumpReLUSAE], tokens: torch.Tensor) -
     cache = {k: v[0].float() for k, v in cache.items()}
     scales: dict[str, torch.Tensor] = {}
     resid = cache["embed"]
-    mlp_in, errors, acts = [], [], []
-    for layer, tc in enumerate(transcoders):
+    mlp_in, acts = [], []
+    for layer in range(model.n_layers):
         block = model.text_model.layers[layer]
         scales[f"input.{layer}"] = _rms_scale(resid, eps)
         attn_update = cache[f"attn_out.{layer}"] @ block.self_attn.o_proj.weight.detach().float().T
@@ -112,12 +134,14 @@ def freeze_prompt(model, transcoders: list[JumpReLUSAE], tokens: torch.Tensor) -
         resid_mid = cache[f"resid_post.{layer}"] - cache[f"mlp_out.{layer}"]
         scales[f"pre_ff.{layer}"] = _rms_scale(resid_mid, eps)
         x = cache[f"mlp_in.{layer}"]
-        f = tc.encode(x).float()
         mlp_in.append(x)
-        acts.append(f)
-        errors.append(cache[f"mlp_out.{layer}"] - tc(x).float())
+        acts.append(stack.encode(layer, x).float())
         resid = cache[f"resid_post.{layer}"]
     scales["final"] = _rms_scale(resid, eps)
+    errors = [
+        cache[f"mlp_out.{layer}"] - reconstruct(stack, acts, layer, mlp_in[layer])
+        for layer in range(model.n_layers)
+    ]
     return FrozenPrompt(
         tokens=tokens.cpu(),
         embed=cache["embed"],
@@ -137,8 +161,8 @@ class ReplacementModel:
     ``sweep_back`` is the exact transpose used to compute attribution rows.
     """
 
-    def __init__(self, model, transcoders: list[JumpReLUSAE], frozen: FrozenPrompt):
-        self.model, self.transcoders, self.frozen = model, transcoders, frozen
+    def __init__(self, model, transcoders, frozen: FrozenPrompt):
+        self.model, self.stack, self.frozen = model, as_stack(transcoders), frozen
         cfg = model.config
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = model.head_dim
@@ -189,20 +213,20 @@ class ReplacementModel:
         """
         feature_scale = feature_scale or {}
         resid = self.frozen.embed.clone()
-        for layer, tc in enumerate(self.transcoders):
+        all_acts: list[torch.Tensor] = []
+        for layer in range(self.stack.n_layers):
             resid_mid = resid + self._attention(layer, resid)
             x = self.mlp_input(layer, resid_mid)
             acts = (
-                tc.encode(x).float()
+                self.stack.encode(layer, x).float()
                 if recompute_features
                 else self.frozen.activations[layer].clone()
             )
             for (lyr, pos, feat), factor in feature_scale.items():
                 if lyr == layer:
                     acts[pos, feat] = acts[pos, feat] * factor
-            out = acts @ tc.W_dec.float() + tc.b_dec.float() + self.frozen.errors[layer]
-            if tc.W_skip is not None:
-                out = out + x @ tc.W_skip.float()
+            all_acts.append(acts)
+            out = reconstruct(self.stack, all_acts, layer, x) + self.frozen.errors[layer]
             resid = resid_mid + out
         final = resid * self.frozen.norm_scales["final"][:, None] * self.g_final
         logits = final @ self.W_U.T
@@ -227,17 +251,17 @@ class ReplacementModel:
         some = g_final if g_final is not None else next(iter(inject.values()))
         grad = torch.zeros_like(some) if g_final is None else g_final.clone()
         # Layers above the highest injected target carry no gradient for this batch: skip them.
-        top = len(self.transcoders) - 1 if g_final is not None else max(inject)
-        at_mlp_out: list[torch.Tensor | None] = [None] * len(self.transcoders)
+        n_layers = self.stack.n_layers
+        top = n_layers - 1 if g_final is not None else max(inject)
+        at_mlp_out: list[torch.Tensor | None] = [None] * n_layers
         s = self.frozen.norm_scales
         for layer in reversed(range(top + 1)):
-            p, tc = self.layers[layer], self.transcoders[layer]
+            p, skip = self.layers[layer], self.stack.skip(layer)
             at_mlp_out[layer] = grad
             grad_mid = grad
-            if tc.W_skip is not None:
+            if skip is not None:
                 grad_mid = (
-                    grad_mid
-                    + (grad @ tc.W_skip.float().T) * p["g_pf"] * s[f"pre_ff.{layer}"][:, None]
+                    grad_mid + (grad @ skip.float().T) * p["g_pf"] * s[f"pre_ff.{layer}"][:, None]
                 )
             if layer in inject:
                 grad_mid = grad_mid + inject[layer]
@@ -266,7 +290,9 @@ def trace(
     Args:
         model: a :class:`gsnb.Model`.
         transcoders: one transcoder per layer (a list, or ``{layer: transcoder}``), each reading
-            ``mlp_in.L`` and writing ``mlp_out.L``.
+            ``mlp_in.L`` and writing ``mlp_out.L``; or a :class:`gsnb.CrossLayerTranscoder`
+            (a feature's node sits at the layer it reads; its edges sum over every layer it
+            writes).
         prompt: a string or ``[pos]`` token ids.
         max_feature_nodes: at most this many features get their incoming edges computed; when
             more are active they are visited in order of estimated influence on the logits.
@@ -278,15 +304,13 @@ def trace(
     """
     if not 0 < logit_prob <= 1:
         raise ValueError(f"logit_prob={logit_prob} must be in (0, 1]")
-    ordered = _check_transcoders(model, transcoders)
+    stack = _check_transcoders(model, transcoders)
     tokens = prompt if isinstance(prompt, torch.Tensor) else model.to_tokens(prompt)[0]
     tokens = tokens.reshape(-1).cpu()
-    frozen = freeze_prompt(model, ordered, tokens.to(model.device))
+    frozen = freeze_prompt(model, stack, tokens.to(model.device))
     frozen = _to_cpu_float(frozen)
-    transcoders_cpu = [
-        tc.to("cpu").float() if next(tc.parameters()).device.type != "cpu" else tc for tc in ordered
-    ]
-    rm = ReplacementModel(_CpuModelView(model), transcoders_cpu, frozen)
+    stack_cpu = _cpu_stack(stack)
+    rm = ReplacementModel(_CpuModelView(model), stack_cpu, frozen)
     n_pos, n_layers, d = frozen.embed.shape[0], model.n_layers, model.d_model
 
     # Nodes: active features (layer, pos, feature), then errors, tokens and logits.
@@ -301,8 +325,9 @@ def trace(
     offsets = [0]
     for a in active:
         offsets.append(offsets[-1] + len(a))
-    dec_rows = [tc.W_dec.detach().float()[a[:, 1]] for tc, a in zip(transcoders_cpu, active)]
-    enc_cols = [tc.W_enc.detach().float() for tc in transcoders_cpu]
+    # dec_rows[s]: [n_active_s, n_targets_s, d] decoder rows of the active features of source s.
+    dec_rows = [stack_cpu.decoders(s).detach().float()[a[:, 1]] for s, a in enumerate(active)]
+    enc_cols = [stack_cpu.encoder(layer).detach().float() for layer in range(n_layers)]
 
     probs = frozen.logits[-1].softmax(-1)
     top_p, top_ids = probs.sort(descending=True)
@@ -323,11 +348,17 @@ def trace(
         for layer, g in enumerate(at_mlp_out):
             if g is None:  # no target of this batch sits above this layer
                 continue
+            # A source writes layers layer .. layer + n_targets - 1; those with no gradient
+            # (above every target of the batch) are a suffix.
+            grads = [at_mlp_out[layer + k] for k in range(dec_rows[layer].shape[1])]
+            grads = [t for t in grads if t is not None]
+            stacked = g[:, :, None] if len(grads) == 1 else torch.stack(grads, dim=2)
             block = row[:, offsets[layer] : offsets[layer + 1]]
             acts = feat_act[offsets[layer] : offsets[layer + 1]]
             for pos, members in enumerate(by_pos[layer]):
                 if len(members):
-                    block[:, members] = (g[:, pos] @ dec_rows[layer][members].T) * acts[members]
+                    dec = dec_rows[layer][members, : len(grads)].flatten(1)  # [m, k * d]
+                    block[:, members] = (stacked[:, pos].flatten(1) @ dec.T) * acts[members]
             row[:, n_feat + layer * n_pos : n_feat + (layer + 1) * n_pos] = (
                 g * frozen.errors[layer]
             ).sum(-1)
@@ -393,10 +424,10 @@ def trace(
         logit_probabilities=logit_probs,
         logit_strings=[model.tokenizer.decode([int(t)]) for t in logit_ids],
         adjacency=adjacency,
-        transcoder_ids=[tc.cfg.sae_id or tc.site_in for tc in ordered],
+        transcoder_ids=stack.transcoder_ids(),
         n_active_features=n_feat,
     )
-    graph.context = TraceContext(model, ordered, rm)
+    graph.context = TraceContext(model, stack, rm)
     return graph
 
 
@@ -405,7 +436,7 @@ class TraceContext:
     """What a traced graph keeps in memory (never saved) to run interventions."""
 
     model: object
-    transcoders: list[JumpReLUSAE]
+    transcoders: Stack
     replacement: ReplacementModel
 
 
@@ -482,9 +513,10 @@ def _predict(graph: Graph, nodes: dict[int, float]) -> torch.Tensor:
 
 
 def _live_forward(context: TraceContext, graph: Graph, scale: dict) -> torch.Tensor:
-    model, transcoders = context.model, context.transcoders
+    model, stack = context.model, context.transcoders
     errors = context.replacement.frozen.errors
     inputs: dict[int, torch.Tensor] = {}
+    acts_by_layer: list[torch.Tensor] = []
 
     def read(layer):
         def hook(x):
@@ -492,24 +524,23 @@ def _live_forward(context: TraceContext, graph: Graph, scale: dict) -> torch.Ten
 
         return hook
 
-    def write(layer, tc):
+    def write(layer):
         def hook(out):
             x = inputs[layer][0].float()
-            acts = tc.encode(x).float()
+            acts = stack.encode(layer, x).float()
             for (lyr, pos, feat), factor in scale.items():
                 if lyr == layer:
                     acts[pos, feat] = acts[pos, feat] * factor
-            new = acts @ tc.W_dec.float() + tc.b_dec.float() + errors[layer].to(acts.device)
-            if tc.W_skip is not None:
-                new = new + x @ tc.W_skip.float()
+            acts_by_layer.append(acts)
+            new = reconstruct(stack, acts_by_layer, layer, x) + errors[layer].to(acts.device)
             return new[None].to(out.dtype)
 
         return hook
 
     fns = {}
-    for layer, tc in enumerate(transcoders):
+    for layer in range(stack.n_layers):
         fns[f"mlp_in.{layer}"] = read(layer)
-        fns[f"mlp_out.{layer}"] = write(layer, tc)
+        fns[f"mlp_out.{layer}"] = write(layer)
     with model.hooks(fns):
         hidden = model.text_model(
             input_ids=graph.prompt_tokens[None].to(model.device)
@@ -543,6 +574,20 @@ def _feature_influence(
             break
         total = total + current
     return total
+
+
+def _cpu_stack(stack: Stack) -> Stack:
+    """The stack with fp32 weights on the CPU (the stack itself when they already are)."""
+    if isinstance(stack, CrossLayerTranscoder):
+        on_cpu = stack.W_enc.device.type == "cpu" and stack.W_enc.dtype == torch.float32
+        return stack if on_cpu else _cpu_copy(stack)
+    # Module.to moves in place: copy, so the caller's transcoders stay where they are.
+    return PerLayerTranscoders(
+        [
+            _cpu_copy(tc) if next(tc.parameters()).device.type != "cpu" else tc
+            for tc in stack.transcoders
+        ]
+    )
 
 
 class _CpuModelView:

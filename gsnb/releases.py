@@ -9,6 +9,9 @@ A release names a Hugging Face repo and an SAE id names a folder in it:
 * Gemma Scope 2: ``load_sae("gemma-scope-2-270m-pt", "resid_post_all/layer_12_width_16k_l0_small")``
   reads ``params.safetensors`` (and ``config.json`` when the repo has one) from that folder of
   ``google/gemma-scope-2-270m-pt``.
+  Cross-layer transcoders: ``load_sae("gemma-scope-2-270m-pt", "clt/width_262k_l0_medium_affine")``
+  reads ``params_layer_{L}.safetensors`` for every layer and returns a
+  :class:`gsnb.CrossLayerTranscoder`.
 * A local folder in either layout, such as a suite gsnb trained and saved, works as a release.
 
 Files come through ``huggingface_hub.hf_hub_download``, so its cache, tokens and
@@ -25,6 +28,7 @@ from typing import NamedTuple
 
 import torch
 
+from gsnb.clt import CrossLayerTranscoder
 from gsnb.sae import JumpReLUSAE
 
 
@@ -61,11 +65,16 @@ _CANONICAL_TIES = {("gemma-scope-9b-pt-att", "layer_27/width_16k"): 136}
 
 _GS2_SIZES = ("270m", "1b", "4b", "12b", "27b")
 _GS2_KINDS = ("resid_post", "attn_out", "mlp_out", "transcoder")
-_GS2_PATTERN = "{resid_post|attn_out|mlp_out|transcoder}[_all]/layer_{L}_width_{W}_l0_{small|medium|big}[_affine]"
+_GS2_PATTERN = (
+    "{resid_post|attn_out|mlp_out|transcoder}[_all]/layer_{L}_width_{W}_l0_{small|"
+    "medium|big}[_affine], or clt/width_{W}_l0_{small|medium|big}[_affine]"
+)
 _GS2_ID = re.compile(
     r"(resid_post|attn_out|mlp_out|transcoder)(_all)?/layer_(\d+)_width_(\d+[km]?)"
     r"_l0_(small|medium|big)(_seed_\d+)?(_affine)?"
 )
+_CLT_ID = re.compile(r"clt/width_(\d+[km]?)_l0_(small|medium|big)(_affine)?")
+_CLT_FIRST_FILE = "params_layer_0.safetensors"
 # Layers of the wide sweeps (the folders without ``_all``): 25/50/65/85% depth.
 _GS2_DEPTH_LAYERS = {"270m": (5, 9, 12, 15), "1b": (7, 13, 17, 22), "4b": (9, 17, 22, 29),
                      "12b": (12, 24, 31, 41), "27b": (16, 31, 40, 53)}  # fmt: skip
@@ -77,7 +86,7 @@ _GS2_NP_TRANSCODER = {"4b-it": "16k", "27b-it": "262k"}
 
 _N_LAYERS = {"gemma-2-2b": 26, "gemma-2-9b": 42, "gemma-2-27b": 46, "gemma-3-270m": 18,
              "gemma-3-1b": 26, "gemma-3-4b": 34, "gemma-3-12b": 48, "gemma-3-27b": 62}  # fmt: skip
-_WEIGHT_FILES = ("params.safetensors", "params.npz", "sae_weights.safetensors")
+_WEIGHT_FILES = ("params.safetensors", "params.npz", "sae_weights.safetensors", _CLT_FIRST_FILE)
 
 
 def _build_releases() -> dict[str, ReleaseInfo]:
@@ -130,14 +139,15 @@ def load_sae(
     sae_id: str,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-) -> JumpReLUSAE:
+) -> JumpReLUSAE | CrossLayerTranscoder:
     """Load one SAE or transcoder of a released suite, or of a local folder in the same layout.
 
     Args:
         release: a name from :func:`list_releases` (or its repo id), or a local folder.
         sae_id: its id in the release, e.g. ``"layer_20/width_16k/average_l0_71"`` (Gemma Scope),
             ``"layer_20/width_16k/canonical"``, ``"resid_post_all/layer_12_width_16k_l0_small"``
-            (Gemma Scope 2).
+            (Gemma Scope 2); ``"clt/width_262k_l0_medium_affine"`` gives a
+            :class:`gsnb.CrossLayerTranscoder` over all layers.
         device: default CUDA, then MPS, then CPU (as :func:`gsnb.load_model`).
         dtype: default the file's float32.
 
@@ -155,6 +165,8 @@ def load_sae(
         sae = _load_local(folder, sae_id)
     else:
         info = _release(str(release))
+        if sae_id.startswith("clt/"):
+            return _load_clt(info, sae_id).to(device=device or default_device(), dtype=dtype)
         spec = _resolve(info, sae_id)
         weights = _fetch(info, f"{spec.folder}/{spec.weights}", sae_id)
         if info.format == "gemma-scope-2":
@@ -214,10 +226,10 @@ def _local_folder(release: str | os.PathLike) -> Path | None:
 
 def _resolve(info: ReleaseInfo, sae_id: str) -> _Spec:
     stem = info.repo.removeprefix("google/")
-    if sae_id.split("/")[0] in ("clt", "crosscoder"):
+    if sae_id.split("/")[0] == "crosscoder":
         raise NotImplementedError(
-            f"{sae_id!r} is a multi-layer dictionary; JumpReLUSAE holds one layer's SAE or "
-            "transcoder. Use the per-layer folders (transcoder_all/...), or circuit-tracer for CLTs"
+            f"{sae_id!r} is a crosscoder (one dictionary over several residual streams), which "
+            "gsnb does not load; per-layer SAEs, transcoders and clt/... ids it does"
         )
     if info.format == "gemma-scope":
         if sae_id.startswith("embedding/"):
@@ -269,6 +281,27 @@ def _resolve(info: ReleaseInfo, sae_id: str) -> _Spec:
     return _Spec(sae_id, "params.safetensors", *_sites(kind, layer), _width(width), np_id)
 
 
+def _load_clt(info: ReleaseInfo, sae_id: str) -> CrossLayerTranscoder:
+    """A Gemma Scope 2 cross-layer transcoder: one file per layer of the model."""
+    if info.format != "gemma-scope-2" or _CLT_ID.fullmatch(sae_id) is None:
+        raise _unknown_id(info, sae_id)
+    n_layers = _N_LAYERS[info.neuronpedia_model.removesuffix("-it")]
+    first = _fetch(info, f"{sae_id}/{_CLT_FIRST_FILE}", sae_id)
+    for layer in range(1, n_layers):
+        _fetch(info, f"{sae_id}/params_layer_{layer}.safetensors", sae_id)
+    _fetch(info, f"{sae_id}/config.json", sae_id, optional=True)
+    clt = CrossLayerTranscoder.load(
+        Path(first).parent, model_name=info.model_name, release=info.name, sae_id=sae_id
+    )
+    if clt.n_layers != n_layers:
+        raise ValueError(
+            f"{Path(first).parent} holds {clt.n_layers} layer files but {info.model_name} has "
+            f"{n_layers} layers: the cached folder is damaged or mixed up; delete it and "
+            "download it again"
+        )
+    return clt
+
+
 def _sites(kind: str, layer: int) -> tuple[str, str]:
     if kind == "transcoder":
         return f"mlp_in.{layer}", f"mlp_out.{layer}"
@@ -316,8 +349,11 @@ def _repo_ids(info: ReleaseInfo, files: list[str] | None = None) -> list[str]:
     files = _repo_files(info.repo) if files is None else files
     gs1 = info.format == "gemma-scope"
     weights, pattern = ("params.npz", _GS1_ID) if gs1 else ("params.safetensors", _GS2_ID)
-    folders = (f.rsplit("/", 1)[0] for f in files if f.endswith("/" + weights))
-    return sorted(i for i in folders if pattern.fullmatch(i))
+    folders = [f.rsplit("/", 1)[0] for f in files if f.endswith("/" + weights)]
+    clts = [] if gs1 else [f.rsplit("/", 1)[0] for f in files if f.endswith("/" + _CLT_FIRST_FILE)]
+    return sorted(
+        [i for i in folders if pattern.fullmatch(i)] + [i for i in clts if _CLT_ID.fullmatch(i)]
+    )
 
 
 def _release_ids(info: ReleaseInfo, ids: list[str]) -> list[str]:
@@ -347,7 +383,8 @@ def _example_ids(info: ReleaseInfo, sae_id: str) -> list[str]:
            for w in ("16k", "262k") for l0 in ("small", "big")]  # fmt: skip
     ids += [f"{k}/layer_{n}_width_{w}_l0_{l0}" for k in _GS2_KINDS for n in layers if n in depth
             for w in ("16k", "65k", "262k") for l0 in ("small", "medium", "big")]  # fmt: skip
-    return ids + [i + "_affine" for i in ids if i.startswith("transcoder")]
+    clts = [f"clt/width_{w}_l0_{l0}" for w in ("262k", "524k") for l0 in ("medium", "big")]
+    return ids + [i + "_affine" for i in ids + clts if i.startswith(("transcoder", "clt"))] + clts
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -440,7 +477,7 @@ def _cached_files(repo: str) -> list[str]:
     )
 
 
-def _load_local(root: Path, sae_id: str) -> JumpReLUSAE:
+def _load_local(root: Path, sae_id: str) -> JumpReLUSAE | CrossLayerTranscoder:
     ids = list_sae_ids(root)
     folder = sae_id
     match = _GS1_ID.fullmatch(sae_id)
@@ -455,4 +492,6 @@ def _load_local(root: Path, sae_id: str) -> JumpReLUSAE:
             + (f" Close matches: {', '.join(close)}." if close else "")
             + f" It holds {len(ids)} SAE folders; list_sae_ids({str(root)!r}) lists them."
         )
+    if (root / folder / _CLT_FIRST_FILE).is_file():
+        return CrossLayerTranscoder.load(root / folder, release=str(root), sae_id=sae_id)
     return JumpReLUSAE.load(root / folder, release=str(root), sae_id=sae_id)

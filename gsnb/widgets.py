@@ -4,144 +4,12 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
 import torch
 
 from gsnb import plots
-
-
-class GraphView:
-    """Explore an attribution graph: prune with sliders, hover and click nodes, group supernodes.
-
-    >>> view = gsnb.GraphView(graph, labels={node: "Texas"})
-    >>> view            # displays in a notebook
-    >>> view.to_html("graph.html")   # a static page that works offline
-
-    Args:
-        graph: a :class:`gsnb.Graph` from :func:`gsnb.trace` (unpruned; the sliders prune it).
-        labels: optional hover text per node index of ``graph`` (feature descriptions).
-        on_select: optional callback ``fn(layer, pos, feature)`` run when a feature is clicked
-            (for example to show it in a FeatureInspector).
-    """
-
-    def __init__(self, graph, labels: dict[int, str] | None = None, on_select=None):
-        self.graph = graph
-        self.labels = labels or {}
-        self.on_select = on_select
-        self.pinned: list[tuple[int, int, int]] = []
-        self.node_threshold = widgets.FloatSlider(
-            value=0.8, min=0.05, max=1.0, step=0.05, description="nodes", continuous_update=False
-        )
-        self.edge_threshold = widgets.FloatSlider(
-            value=0.98, min=0.5, max=1.0, step=0.01, description="edges", continuous_update=False
-        )
-        self.supernode_label = widgets.Text(placeholder="label for pinned features")
-        self.group_button = widgets.Button(description="group pinned", icon="object-group")
-        self.clear_button = widgets.Button(description="clear pins")
-        self.details = widgets.HTML(value="<i>click a node</i>")
-        self.scores = widgets.HTML()
-        self.figure = go.FigureWidget()
-        self.node_threshold.observe(lambda _: self.redraw(), names="value")
-        self.edge_threshold.observe(lambda _: self.redraw(), names="value")
-        self.group_button.on_click(lambda _: self.group_pinned())
-        self.clear_button.on_click(lambda _: self._clear())
-        self.widget = widgets.VBox(
-            [
-                widgets.HBox([self.node_threshold, self.edge_threshold, self.scores]),
-                self.figure,
-                widgets.HBox([self.supernode_label, self.group_button, self.clear_button]),
-                self.details,
-            ]
-        )
-        self.redraw()
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
-
-    @property
-    def pruned(self):
-        return self._pruned
-
-    def redraw(self) -> None:
-        """Prune with the sliders' thresholds and redraw the figure."""
-        self._pruned = self.graph.prune(self.node_threshold.value, self.edge_threshold.value)
-        self._index = {tuple(f.tolist()): i for i, f in enumerate(self._pruned.features)}
-        labels = {}
-        for node, text in self.labels.items():
-            if self.graph.node_kind(node) == "feature":
-                new = self._index.get(tuple(self.graph.features[node].tolist()))
-                if new is not None:
-                    labels[new] = text
-        highlight = [self._index[key] for key in self.pinned if key in self._index]
-        fig = plots.attribution_graph(self._pruned, labels, highlight=highlight)
-        with self.figure.batch_update():
-            self.figure.data = ()
-            self.figure.add_traces(fig.data)
-            self.figure.layout = fig.layout
-        for trace in self.figure.data:
-            if trace.mode == "markers":
-                trace.on_click(self._clicked)
-        scores = self._pruned.scores()
-        self.scores.value = (
-            f"{self._pruned.n_features} features · replacement {scores.replacement:.2f} · "
-            f"completeness {scores.completeness:.2f}"
-        )
-
-    def _clicked(self, trace, points, _state) -> None:
-        if not points.point_inds:
-            return
-        self.select(int(trace.customdata[points.point_inds[0]]))
-
-    def select(self, node: int) -> None:
-        """Show a node of the pruned graph; pin it if it is a feature."""
-        pruned = self._pruned
-        text = [f"<b>{html.escape(pruned.node_label(node))}</b>"]
-        if pruned.node_kind(node) == "feature":
-            key = tuple(pruned.features[node].tolist())
-            if key not in self.pinned:
-                self.pinned.append(key)
-            text.append(f"activation {float(pruned.activations[node]):.3g}")
-            if self.on_select is not None:
-                self.on_select(*key)
-        for title, row in (
-            ("strongest inputs", pruned.adjacency[node]),
-            ("strongest outputs", pruned.adjacency[:, node]),
-        ):
-            order = row.abs().argsort(descending=True)[:5]
-            items = [
-                f"{html.escape(pruned.node_label(int(i)))}: {float(row[i]):+.3g}"
-                for i in order
-                if row[i] != 0
-            ]
-            if items:
-                text.append(f"{title}:<br>" + "<br>".join(items))
-        text.append(f"pinned: {len(self.pinned)}")
-        self.details.value = "<br>".join(text)
-
-    def group_pinned(self, label: str | None = None) -> None:
-        """Group the pinned features into a supernode named ``label`` (or the text box)."""
-        label = label or self.supernode_label.value.strip()
-        if not label or not self.pinned:
-            self.details.value = "<i>pin features by clicking them, and type a label</i>"
-            return
-        self.graph.group(label, list(self.pinned))
-        self.pinned = []
-        self.redraw()
-
-    def _clear(self) -> None:
-        self.pinned = []
-        self.redraw()
-
-    def to_html(self, path: str | Path) -> Path:
-        """Write the current view as a self-contained page (plotly.js inlined; no network)."""
-        fig = go.Figure(self.figure)
-        fig.write_html(str(path), include_plotlyjs=True, full_html=True)
-        return Path(path)
 
 
 def _sae_dict(saes) -> dict:
@@ -182,14 +50,16 @@ def _stats_dict(stats, saes: dict) -> dict:
     return dict(stats)
 
 
-def _top_tokens(stats) -> tuple[list[list[str]], list[list[str]]]:
-    """Per feature, the tokens at its top examples' peaks and the tokens it promotes most."""
+def _top_tokens(stats, features: Sequence[int] | None = None) -> tuple[list[list[str]], ...]:
+    """Per feature (all, or those listed), the tokens at its top examples' peaks and the tokens
+    it promotes most."""
+    features = range(stats.d_sae) if features is None else features
     valid = stats.top_windows >= 0  # [F, k]
     rows = torch.searchsorted(stats.windows, stats.top_windows.clamp_min(0))
     rows = rows.clamp_max(max(len(stats.windows) - 1, 0))
     peak_ids = stats.window_tokens[rows, stats.top_positions.clamp_min(0)] if valid.any() else None
     fires, promotes = [], []
-    for f in range(stats.d_sae):
+    for f in features:
         ids = [] if peak_ids is None else peak_ids[f][valid[f]].tolist()
         fires.append(list(dict.fromkeys(stats.token_strs[i] for i in ids)))
         promotes.append([stats.token_strs[i] for i in stats.logit_top_ids[f].tolist()])

@@ -1,5 +1,6 @@
 """Attribution graphs: exact replacement model, edges equal to autograd Jacobians, pruning,
-scores, files and interventions, on tiny random Gemma 3 / Gemma 2 models."""
+scores, files and interventions, on tiny random Gemma 3 / Gemma 2 models, with per-layer
+transcoders and with a cross-layer transcoder."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from conftest import tiny_model
 
 import gsnb
 from gsnb.circuits import ReplacementModel, freeze_prompt, trace
+from gsnb.clt import CLTConfig, CrossLayerTranscoder
 from gsnb.graph import Graph
 from gsnb.sae import JumpReLUSAE, SAEConfig
 
@@ -41,10 +43,35 @@ def random_transcoders(model, d_sae=48, seed=1, skip_layer=1, decoder_scale=0.3)
     return transcoders
 
 
-@pytest.fixture(params=["gemma3", "gemma2"])
+def random_clt(model, d_sae=32, seed=2, decoder_scale=0.2, skip=True):
+    """A CLT whose every source writes every later layer (nonzero cross-layer decoders)."""
+    torch.manual_seed(seed)
+    cfg = CLTConfig(n_layers=model.n_layers, d_in=model.d_model, d_sae=d_sae, skip=skip)
+    clt = CrossLayerTranscoder(cfg)
+    with torch.no_grad():
+        clt.W_enc.normal_(0, 0.3)
+        clt.b_enc.normal_(0, 0.1)
+        clt.threshold.fill_(0.3)
+        clt.b_dec.normal_(0, 0.1)
+        for dec in clt.W_dec:
+            dec.normal_(0, decoder_scale)
+        if skip:
+            clt.W_skip.normal_(0, 0.1)
+    return clt.requires_grad_(False)
+
+
+def make_transcoders(model, kind: str):
+    return random_transcoders(model) if kind == "per-layer" else random_clt(model)
+
+
+@pytest.fixture(
+    params=[("gemma3", "per-layer"), ("gemma2", "per-layer"), ("gemma3", "clt")],
+    ids=lambda p: "-".join(p),
+)
 def traced(request):
-    model = tiny_model(request.param)
-    transcoders = random_transcoders(model)
+    arch, kind = request.param
+    model = tiny_model(arch)
+    transcoders = make_transcoders(model, kind)
     graph = trace(model, transcoders, PROMPT, max_feature_nodes=10_000, progress=False)
     return model, transcoders, graph
 
@@ -59,20 +86,27 @@ def target_values(rm: ReplacementModel, graph: Graph, source_scale: torch.Tensor
     tok_scale = source_scale[n_feat + graph.n_errors :]
     resid = frozen.embed * tok_scale[:, None]
     preacts = torch.zeros(n_feat)
-    for layer, tc in enumerate(rm.transcoders):
+    stack, sources = rm.stack, []
+    for layer in range(stack.n_layers):
         resid_mid = resid + rm._attention(layer, resid)
         x = rm.mlp_input(layer, resid_mid)
-        pre = x @ tc.W_enc + tc.b_enc
+        pre = stack.pre_activations(layer, x)
         mine = (graph.features[:, 0] == layer).nonzero().flatten()
         preacts = preacts.index_put((mine,), pre[graph.features[mine, 1], graph.features[mine, 2]])
         acts = torch.zeros_like(pre)
-        acts = acts.index_put(
-            (graph.features[mine, 1], graph.features[mine, 2]),
-            graph.activations[mine] * feat_scale[mine],
+        sources.append(
+            acts.index_put(
+                (graph.features[mine, 1], graph.features[mine, 2]),
+                graph.activations[mine] * feat_scale[mine],
+            )
         )
-        out = acts @ tc.W_dec + tc.b_dec + frozen.errors[layer] * err_scale[layer][:, None]
-        if tc.W_skip is not None:
-            out = out + x @ tc.W_skip
+        # Every source at or below this layer whose decoder reaches it writes here.
+        out = stack.output_bias(layer) + frozen.errors[layer] * err_scale[layer][:, None]
+        for s, acts in enumerate(sources):
+            if layer - s < stack.decoders(s).shape[1]:
+                out = out + acts @ stack.decoders(s)[:, layer - s]
+        if stack.skip(layer) is not None:
+            out = out + x @ stack.skip(layer)
         resid = resid_mid + out
     final = resid[-1] * frozen.norm_scales["final"][-1] * rm.g_final
     logits = final @ rm.W_U.T
@@ -80,10 +114,11 @@ def target_values(rm: ReplacementModel, graph: Graph, source_scale: torch.Tensor
     return torch.cat([preacts, demeaned])
 
 
-def test_replacement_model_reproduces_the_logits():
+@pytest.mark.parametrize("kind", ["per-layer", "clt"])
+def test_replacement_model_reproduces_the_logits(kind):
     for arch in ("gemma3", "gemma2"):
         model = tiny_model(arch)
-        transcoders = random_transcoders(model)
+        transcoders = make_transcoders(model, kind)
         tokens = model.to_tokens(PROMPT)[0]
         frozen = freeze_prompt(model, transcoders, tokens)
         rm = ReplacementModel(model, transcoders, frozen)
@@ -131,7 +166,11 @@ def test_every_node_input_is_its_edges_plus_fixed_biases(traced):
     _, cache = model.run_with_cache(PROMPT, model.sites("mlp_in"))
     for node in range(0, graph.n_features, 7):
         layer, pos, feat = graph.features[node].tolist()
-        pre = transcoders[layer].pre_activations(cache[f"mlp_in.{layer}"][0, pos])[feat]
+        x = cache[f"mlp_in.{layer}"][0, pos]
+        if isinstance(transcoders, CrossLayerTranscoder):
+            pre = (x @ transcoders.W_enc[layer] + transcoders.b_enc[layer])[feat]
+        else:
+            pre = transcoders[layer].pre_activations(x)[feat]
         torch.testing.assert_close(full[node], pre, rtol=1e-4, atol=1e-4)
 
 

@@ -8,7 +8,7 @@ from test_circuits import PROMPT, random_transcoders
 
 from gsnb import plots
 from gsnb.circuits import trace
-from gsnb.widgets import GraphView
+from gsnb.graph_view import GraphView
 
 
 def _graph():
@@ -47,3 +47,51 @@ def test_sliders_prune_and_clicks_pin_and_group(tmp_path):
     page = view.to_html(tmp_path / "graph.html").read_text()
     assert "plotly" in page and "https://cdn" not in page.split("<body>")[0]
     assert isinstance(view.figure, go.FigureWidget)
+
+
+def test_stats_give_hover_tokens_and_clicks_open_the_feature_inspector():
+    import pytest
+    import torch
+
+    from gsnb.features import feature_stats
+
+    model = tiny_model("gemma3")
+    transcoders = random_transcoders(model)
+    graph = trace(model, transcoders, PROMPT, progress=False)
+    tokens = torch.randint(3, model.hf.config.vocab_size, (6, 10), generator=torch.Generator())
+    stats = feature_stats(model, transcoders, tokens, k=3, progress=False)
+    view = GraphView(graph, stats=stats)
+    assert set(view.stats) == set(range(model.n_layers))
+
+    # Hover text: the top tokens each feature's stats record, for every feature that fires.
+    node = next(
+        n
+        for n in range(graph.n_features)
+        if view.stats[int(graph.features[n, 0])].density[int(graph.features[n, 2])] > 0
+    )
+    layer, _, feat = graph.features[node].tolist()
+    st = view.stats[layer]
+    row = torch.searchsorted(st.windows, st.top_windows[feat, 0])
+    peak = st.token_strs[int(st.window_tokens[row, st.top_positions[feat, 0]])]
+    assert "fires on" in view.labels[node] and repr(peak) in view.labels[node].replace(
+        "&#x27;", "'"
+    )
+
+    # A click opens that feature in the inspector of its layer.
+    pruned_node = view._index.get(tuple(graph.features[node].tolist()))
+    target = pruned_node if pruned_node is not None else 0
+    view.select(target)
+    layer, _, feat = view.pruned.features[target].tolist()
+    assert view.inspector is not None and view.inspector.stats is view.stats[layer]
+    assert view.inspector.feature.value == feat
+    assert view.inspector_box.children == (view.inspector.widget,)
+
+    with pytest.raises(ValueError, match="reading resid_post.0"):
+        wrong = feature_stats(model, _resid_sae(model), tokens, k=3, progress=False)
+        GraphView(graph, stats=wrong)
+
+
+def _resid_sae(model):
+    from gsnb.sae import JumpReLUSAE, SAEConfig
+
+    return JumpReLUSAE(SAEConfig(d_in=model.d_model, d_sae=8, site_in="resid_post.0"))

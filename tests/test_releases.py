@@ -307,7 +307,9 @@ def test_ids_outside_the_release_are_refused_before_any_download(hub):
         ValueError, match=r"resid_post folder holds layers \(5, 9, 12, 15\); use resid_post_all"
     ):
         load_sae("gemma-scope-2-270m-pt", "resid_post/layer_3_width_16k_l0_small")
-    with pytest.raises(NotImplementedError, match="multi-layer dictionary"):
+    with pytest.raises(NotImplementedError, match="crosscoder"):
+        load_sae("gemma-scope-2-270m-pt", "crosscoder/layer_5_9_12_15_width_65k_l0_medium")
+    with pytest.raises(ValueError, match="unknown sae_id 'clt/layer_3_width_16k_l0_medium'"):
         load_sae("gemma-scope-2-270m-pt", "clt/layer_3_width_16k_l0_medium")
 
 

@@ -1,0 +1,216 @@
+"""GraphView: explore an attribution graph in a notebook, with feature dashboards on click."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from pathlib import Path
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+
+from gsnb import plots
+from gsnb.sites import parse_site
+from gsnb.widgets import FeatureInspector, _top_tokens
+
+
+class GraphView:
+    """Explore an attribution graph: prune with sliders, hover and click nodes, group supernodes.
+
+    >>> stats = gsnb.feature_stats(model, transcoders, corpus)   # optional dashboards
+    >>> view = gsnb.GraphView(graph, stats=stats, labels={node: "Texas"})
+    >>> view            # displays in a notebook
+    >>> view.to_html("graph.html")   # a static page that works offline
+
+    Args:
+        graph: a :class:`gsnb.Graph` from :func:`gsnb.trace` (unpruned; the sliders prune it).
+        stats: optional :class:`gsnb.FeatureStats` of the graph's transcoders (one, a list, or
+            the dict :func:`gsnb.feature_stats` returns), matched to layers by the site they
+            read (``mlp_in.L``). Hovering a feature then shows the tokens it fires on and
+            promotes; clicking it opens it in a :class:`gsnb.FeatureInspector` below the graph.
+        labels: optional hover text per node index of ``graph`` (feature descriptions).
+        on_select: optional callback ``fn(layer, pos, feature)`` run when a feature is clicked.
+    """
+
+    def __init__(
+        self,
+        graph,
+        stats=None,
+        labels: dict[int, str] | None = None,
+        on_select=None,
+    ):
+        self.graph = graph
+        self.stats = _stats_by_layer(stats, graph)
+        self.labels = _with_top_tokens(graph, self.stats, labels or {})
+        self.on_select = on_select
+        self.pinned: list[tuple[int, int, int]] = []
+        self.inspector: FeatureInspector | None = None
+        self._inspectors: dict[int, FeatureInspector] = {}
+        self.node_threshold = widgets.FloatSlider(
+            value=0.8, min=0.05, max=1.0, step=0.05, description="nodes", continuous_update=False
+        )
+        self.edge_threshold = widgets.FloatSlider(
+            value=0.98, min=0.5, max=1.0, step=0.01, description="edges", continuous_update=False
+        )
+        self.supernode_label = widgets.Text(placeholder="label for pinned features")
+        self.group_button = widgets.Button(description="group pinned", icon="object-group")
+        self.clear_button = widgets.Button(description="clear pins")
+        self.details = widgets.HTML(value="<i>click a node</i>")
+        self.scores = widgets.HTML()
+        self.figure = go.FigureWidget()
+        self.inspector_box = widgets.VBox([])
+        self.node_threshold.observe(lambda _: self.redraw(), names="value")
+        self.edge_threshold.observe(lambda _: self.redraw(), names="value")
+        self.group_button.on_click(lambda _: self.group_pinned())
+        self.clear_button.on_click(lambda _: self._clear())
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([self.node_threshold, self.edge_threshold, self.scores]),
+                self.figure,
+                widgets.HBox([self.supernode_label, self.group_button, self.clear_button]),
+                self.details,
+                self.inspector_box,
+            ]
+        )
+        self.redraw()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    @property
+    def pruned(self):
+        return self._pruned
+
+    def redraw(self) -> None:
+        """Prune with the sliders' thresholds and redraw the figure."""
+        self._pruned = self.graph.prune(self.node_threshold.value, self.edge_threshold.value)
+        self._index = {tuple(f.tolist()): i for i, f in enumerate(self._pruned.features)}
+        labels = {}
+        for node, text in self.labels.items():
+            if self.graph.node_kind(node) == "feature":
+                new = self._index.get(tuple(self.graph.features[node].tolist()))
+                if new is not None:
+                    labels[new] = text
+        highlight = [self._index[key] for key in self.pinned if key in self._index]
+        fig = plots.attribution_graph(self._pruned, labels, highlight=highlight)
+        with self.figure.batch_update():
+            self.figure.data = ()
+            self.figure.add_traces(fig.data)
+            self.figure.layout = fig.layout
+        for trace in self.figure.data:
+            if trace.mode == "markers":
+                trace.on_click(self._clicked)
+        scores = self._pruned.scores()
+        self.scores.value = (
+            f"{self._pruned.n_features} features · replacement {scores.replacement:.2f} · "
+            f"completeness {scores.completeness:.2f}"
+        )
+
+    def _clicked(self, trace, points, _state) -> None:
+        if not points.point_inds:
+            return
+        self.select(int(trace.customdata[points.point_inds[0]]))
+
+    def select(self, node: int) -> None:
+        """Show a node of the pruned graph; pin it if it is a feature and open its dashboard."""
+        pruned = self._pruned
+        text = [f"<b>{html.escape(pruned.node_label(node))}</b>"]
+        if pruned.node_kind(node) == "feature":
+            key = tuple(pruned.features[node].tolist())
+            if key not in self.pinned:
+                self.pinned.append(key)
+            text.append(f"activation {float(pruned.activations[node]):.3g}")
+            self._inspect(key[0], key[2])
+            if self.on_select is not None:
+                self.on_select(*key)
+        for title, row in (
+            ("strongest inputs", pruned.adjacency[node]),
+            ("strongest outputs", pruned.adjacency[:, node]),
+        ):
+            order = row.abs().argsort(descending=True)[:5]
+            items = [
+                f"{html.escape(pruned.node_label(int(i)))}: {float(row[i]):+.3g}"
+                for i in order
+                if row[i] != 0
+            ]
+            if items:
+                text.append(f"{title}:<br>" + "<br>".join(items))
+        text.append(f"pinned: {len(self.pinned)}")
+        self.details.value = "<br>".join(text)
+
+    def _inspect(self, layer: int, feature: int) -> None:
+        """Open ``feature`` of ``layer`` in that layer's FeatureInspector (one per layer, made
+        on first use), if stats were given for it."""
+        if layer not in self.stats:
+            return
+        if layer not in self._inspectors:
+            self._inspectors[layer] = FeatureInspector(self.stats[layer])
+        self.inspector = self._inspectors[layer]
+        self.inspector.show(feature)
+        self.inspector_box.children = [self.inspector.widget]
+
+    def group_pinned(self, label: str | None = None) -> None:
+        """Group the pinned features into a supernode named ``label`` (or the text box)."""
+        label = label or self.supernode_label.value.strip()
+        if not label or not self.pinned:
+            self.details.value = "<i>pin features by clicking them, and type a label</i>"
+            return
+        self.graph.group(label, list(self.pinned))
+        self.pinned = []
+        self.redraw()
+
+    def _clear(self) -> None:
+        self.pinned = []
+        self.redraw()
+
+    def to_html(self, path: str | Path) -> Path:
+        """Write the current view as a self-contained page (plotly.js inlined; no network)."""
+        fig = go.Figure(self.figure)
+        fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+        return Path(path)
+
+
+def _stats_by_layer(stats, graph) -> dict:
+    """``{layer: FeatureStats}`` from one FeatureStats, a list or a dict of them."""
+    if stats is None:
+        return {}
+    items = list(stats.values()) if isinstance(stats, Mapping) else stats
+    items = [items] if hasattr(items, "d_sae") else list(items)
+    by_layer = {}
+    for st in items:
+        site = parse_site(st.site_in)
+        if site.kind != "mlp_in":
+            raise ValueError(
+                f"{st!r} describes an SAE reading {st.site_in}; a graph's features are "
+                "transcoder features reading mlp_in.L: pass the transcoders' FeatureStats"
+            )
+        by_layer[site.layer] = st
+    features = graph.features
+    for layer, st in by_layer.items():
+        mine = features[features[:, 0] == layer]
+        if len(mine) and int(mine[:, 2].max()) >= st.d_sae:
+            raise ValueError(
+                f"the graph has feature {int(mine[:, 2].max())} at layer {layer} but the stats "
+                f"for mlp_in.{layer} cover {st.d_sae} features: they describe other transcoders"
+            )
+    return by_layer
+
+
+def _with_top_tokens(graph, stats: dict, labels: dict[int, str]) -> dict[int, str]:
+    """Node labels extended with each feature's top tokens, for the hover text."""
+    out = dict(labels)
+    for layer, st in stats.items():
+        nodes = (graph.features[:, 0] == layer).nonzero().flatten().tolist()
+        feats = graph.features[nodes, 2].tolist()
+        fires, promotes = _top_tokens(st, feats)
+        for node, fire, promote in zip(nodes, fires, promotes, strict=True):
+            parts = [out[node]] if node in out else []
+            if fire:
+                parts.append(html.escape("fires on " + " ".join(repr(t) for t in fire[:5])))
+            if promote:
+                parts.append(html.escape("promotes " + " ".join(repr(t) for t in promote[:5])))
+            if parts:
+                out[node] = "<br>".join(parts)
+    return out
