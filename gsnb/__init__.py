@@ -30,7 +30,8 @@ from gsnb.steering import (
     steering_vector,
     strength_sweep,
 )
-from gsnb.train import SuiteResult, TrainConfig, TrainResult, small_suite, train_sae, train_suite
+from gsnb.suites import small_suite
+from gsnb.train import SuiteResult, TrainConfig, TrainResult, train_sae, train_suite
 from gsnb.widgets import FeatureInspector, PromptInspector, SteeringPlayground
 
 __all__ = [

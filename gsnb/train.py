@@ -1,11 +1,12 @@
-"""Train JumpReLU SAEs and transcoders: :func:`train_sae`, :func:`train_suite`, :func:`small_suite`.
+"""Train JumpReLU SAEs and transcoders: :func:`train_sae` and :func:`train_suite`.
 
 The default recipe is Gemma Scope's (arXiv 2408.05147): inputs (and targets) multiplied by one
 fixed scalar per site so their mean squared norm is 1, folded back into the weights on save;
 decoder rows of unit norm; encoder initialised to the decoder's transpose; threshold 0.001 and
 kernel bandwidth 0.001; Adam with beta1 = 0, beta2 = 0.999; a linearly warmed-up sparsity
-coefficient; batches of 4,096 tokens without BOS; float32. The maths of one step lives in
-:mod:`gsnb.jumprelu`.
+coefficient; batches of 4,096 tokens without BOS; float32. The recipe leaves the encoder bias
+open; gsnb starts it so about 100 features fire per token (``TrainConfig.init_l0``), which makes
+every step sparse from the first. The maths of one step lives in :mod:`gsnb.jumprelu`.
 
 A suite trains many SAEs from the same batches, so one forward pass of the model feeds them all;
 under ``torchrun`` each process trains a round-robin share of the sites and every process ends
@@ -14,13 +15,9 @@ with all of them.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import itertools
-import json
 import math
 import os
-import shutil
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,15 +26,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from gsnb.files import atomic_write
+from gsnb.checkpoints import read_checkpoint, write_checkpoint
+from gsnb.distributed import broadcast_saes, init_from_env
 from gsnb.jumprelu import SAETrainer
 from gsnb.sae import JumpReLUSAE, SAEConfig
 from gsnb.sites import parse_site
-
-CHECKPOINT_FORMAT = "gsnb-train-1"
 
 
 @dataclass
@@ -90,11 +85,13 @@ class TrainConfig:
     """Window length when gsnb streams activations from the model itself (``data=None``)."""
     scale_batches: int = 1
     """Batches whose mean squared norm sets each site's fixed input scale."""
-    init_l0: float | None = None
-    """If set, start each encoder bias at minus the per-feature quantile of the first batch's
-    pre-activations that leaves about ``init_l0`` features active per token. ``None`` (the
-    recipe) starts at zero, where about half of all features fire and every step is dense
-    until the thresholds climb; a few hundred makes the step sparse, and fast, from the start."""
+    init_l0: float | None = 100.0
+    """Start each encoder bias at minus the per-feature quantile of the first batch's
+    pre-activations that leaves about ``init_l0`` features active per token (at most half of
+    them). The recipe fixes the thresholds (0.001) and the encoder (the decoder's transpose) but
+    not this bias; at zero about half of all features fire, every step is dense (three to four
+    times slower) until the thresholds climb, and short runs overshoot into FVU above 1.
+    ``None`` starts at zero."""
     sparse_step: bool | None = None
     """Force the sparse (``True``) or dense (``False``) step; ``None`` chooses per step by the
     share of near-threshold entries (see :func:`gsnb.jumprelu.loss_and_grads`)."""
@@ -138,7 +135,7 @@ class SuiteResult(NamedTuple):
     steps: int
     seconds: float
     folder: Path | None = None
-    """Where :func:`small_suite` keeps the suite (a release folder for ``gsnb.load_sae``)."""
+    """Where :func:`gsnb.small_suite` keeps the suite (a release folder for ``gsnb.load_sae``)."""
 
     def save(self, root: str | os.PathLike, l0_label: str = "small") -> dict[str, Path]:
         """Write every SAE under ``root`` in Gemma Scope 2's layout (see :func:`suite_id`);
@@ -233,58 +230,10 @@ def _take(batch: dict, site: str, width: int | None, device, dtype) -> torch.Ten
     return x.to(device=device, dtype=dtype)
 
 
-def _distributed(device_hint: str | None) -> tuple[int, int, bool]:
-    """``(rank, world_size, initialised_here)``, initialising torch.distributed from torchrun's
-    environment variables when they are set and nobody has yet."""
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        return 0, 1, False
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
-        cuda = torch.cuda.is_available() and (device_hint is None or "cuda" in device_hint)
-        dist.init_process_group("nccl" if cuda else "gloo")
-        return dist.get_rank(), dist.get_world_size(), True
-    return 0, 1, False
-
-
-def _identity(cfg: TrainConfig) -> dict:
+def config_identity(cfg: TrainConfig) -> dict:
+    """The fields of ``cfg`` that decide a run's result (for checkpoints and suite hashes)."""
     volatile = ("checkpoint_every", "checkpoint_dir", "progress", "device")
     return {k: v for k, v in asdict(cfg).items() if k not in volatile}
-
-
-def _write_checkpoint(folder: Path, step: int, meta: dict, trainers: dict, history: dict) -> None:
-    """Parameters, Adam state and histories to safetensors, the rest to json, each file written
-    to a temporary name and renamed; ``latest.json`` commits, naming a complete state file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"{n}/{k}": v for n, t in trainers.items() for k, v in t.state_dict().items()}
-    for name, rows in history.items():
-        tensors[f"{name}/history"] = torch.tensor(rows, dtype=torch.float64).reshape(-1, 5)
-    tensors["rng/torch"] = torch.get_rng_state()
-    state_name = f"state-{step:09d}.safetensors"
-    atomic_write(folder / state_name, lambda p: save_file(tensors, p))
-    body = {**meta, "format": CHECKPOINT_FORMAT, "step": step, "state": state_name}
-    atomic_write(folder / "latest.json", lambda p: Path(p).write_text(json.dumps(body, indent=1)))
-    for old in folder.glob("state-*.safetensors"):
-        if old.name != state_name:
-            old.unlink(missing_ok=True)
-
-
-def _read_checkpoint(folder: Path, meta: dict) -> tuple[dict, dict] | None:
-    latest = folder / "latest.json"
-    if not latest.is_file():
-        return None
-    saved = json.loads(latest.read_text())
-    for key in ("config", "targets", "world_size"):
-        if saved.get(key) != meta[key]:
-            raise ValueError(
-                f"the checkpoint in {folder} is from another run ({key}: {saved.get(key)} there, "
-                f"{meta[key]} now): use another checkpoint_dir, or delete it to start afresh"
-            )
-    tensors = load_file(str(folder / saved["state"]))
-    torch.set_rng_state(tensors.pop("rng/torch"))
-    return saved, tensors
 
 
 # --- public entry points ----------------------------------------------------------------------
@@ -344,7 +293,7 @@ def train_suite(
     names = [t[0] for t in targets]
     if len(set(names)) != len(names) or not names:
         raise ValueError(f"sites must be a non-empty list without repeats, got {names}")
-    rank, world, owns_group = _distributed(cfg.device)
+    rank, world, owns_group = init_from_env(cfg.device)
     ranks = {name: i % world for i, name in enumerate(names)}
     mine = [t for t in targets if ranks[t[0]] == rank]
     need = sorted({s for _, a, b in mine for s in (a, b)}, key=lambda s: parse_site(s).depth)
@@ -352,9 +301,13 @@ def train_suite(
     device, dtype = _device(cfg, model, world), getattr(torch, cfg.dtype)
     n_steps = max(1, cfg.n_tokens // cfg.batch_size)
     lr, warm, l0_warm = _schedule(cfg, n_steps)
-    meta = {"config": _identity(cfg), "targets": [list(t) for t in targets], "world_size": world}
+    meta = {
+        "config": config_identity(cfg),
+        "targets": [list(t) for t in targets],
+        "world_size": world,
+    }
     ckpt = Path(cfg.checkpoint_dir) / f"rank{rank}-of-{world}" if cfg.checkpoint_dir else None
-    saved = _read_checkpoint(ckpt, meta) if ckpt is not None else None
+    saved = read_checkpoint(ckpt, meta) if ckpt is not None else None
     batches = _batches(model, need, cfg, data) if mine else iter(())
     if saved is not None:
         start, scales, tensors = saved[0]["step"], saved[0]["scales"], saved[1]
@@ -394,7 +347,8 @@ def train_suite(
             trainers[name].p.b_dec.data.copy_(x_b.mean(0))
             if cfg.init_l0 is not None:
                 pre = x_a @ trainers[name].p.W_encT.data.T  # [batch, d_sae]
-                k = max(1, round(len(pre) * (1 - cfg.init_l0 / cfg.d_sae)))
+                share = min(cfg.init_l0 / cfg.d_sae, 0.5)
+                k = max(1, round(len(pre) * (1 - share)))
                 trainers[name].p.b_enc.data.copy_(cfg.threshold_init - pre.kthvalue(k, 0).values)
 
     bar = tqdm(
@@ -433,7 +387,7 @@ def train_suite(
                 and cfg.checkpoint_every
                 and (step % cfg.checkpoint_every == 0 or step == n_steps)
             ):
-                _write_checkpoint(ckpt, step, {**meta, "scales": scales}, trainers, history)
+                write_checkpoint(ckpt, step, {**meta, "scales": scales}, trainers, history)
 
     model_name = getattr(model, "name", None)
     saes = {
@@ -441,7 +395,8 @@ def train_suite(
         for name, a, b in mine
     }
     if world > 1:
-        saes, history = _share(targets, ranks, saes, history, model_name, rank, device)
+        saes, rows = broadcast_saes(targets, ranks, saes, history, model_name, rank, device)
+        history = {n: [StepMetrics(int(r[0]), *r[1:]) for r in rows[n]] for n in rows}
     if owns_group:
         torch.distributed.destroy_process_group()
     return SuiteResult(
@@ -488,119 +443,3 @@ def _device(cfg: TrainConfig, model, world: int) -> torch.device:
     if world > 1 and torch.cuda.is_available():
         return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
     return model.device if model is not None else torch.device("cpu")
-
-
-def _share(targets, ranks, saes, history, model_name, rank, device):
-    """Broadcast every SAE from the process that trained it to all (tensors only, no pickles)."""
-    import torch.distributed as dist
-
-    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    all_saes, all_history = {}, {}
-    for name, site_in, site_out in targets:
-        src, sae = ranks[name], saes.get(name)
-        head = torch.zeros(6, dtype=torch.float64, device=comm)
-        if rank == src:
-            c = sae.cfg
-            head[:] = torch.tensor(
-                [c.d_in, c.d_sae, c.d_out, len(history[name]), c.input_scale, c.l0_target or 0.0]
-            )
-        dist.broadcast(head, src)
-        d_in, d_sae, d_out, n_hist = (int(v) for v in head[:4].tolist())
-        if rank != src:
-            sae = JumpReLUSAE(
-                SAEConfig(
-                    d_in=d_in,
-                    d_sae=d_sae,
-                    d_out=d_out,
-                    model_name=model_name,
-                    site_in=site_in,
-                    site_out=site_out,
-                    input_scale=float(head[4]),
-                    l0_target=float(head[5]) or None,
-                )
-            )
-        hist = torch.zeros(n_hist, 5, dtype=torch.float64)
-        if rank == src:
-            hist = torch.tensor(history[name], dtype=torch.float64).reshape(n_hist, 5)
-        for tensor in [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold, hist]:
-            buf = tensor.detach().to(comm).contiguous()
-            dist.broadcast(buf, src)
-            with torch.no_grad():
-                tensor.copy_(buf)
-        all_saes[name] = sae
-        all_history[name] = [StepMetrics(int(r[0]), *r[1:]) for r in hist.tolist()]
-    return all_saes, all_history
-
-
-def small_suite(
-    model=None,
-    kinds: Sequence[str] = ("resid_post",),
-    layers="all",
-    cfg: TrainConfig | None = None,
-    progress: bool = True,
-) -> SuiteResult:
-    """A small suite for ``model`` (default: the embedded Gemma 3 270M), trained on first use on
-    the offline corpus (:func:`gsnb.data.default_tokens`) and cached, so later calls load it.
-
-    ``kinds`` are among ``resid_post``, ``attn_out``, ``mlp_out`` and ``transcoder``; ``layers``
-    is ``"all"``, an int or ints. The default ``cfg`` (4,096 features, 2^18 tokens in batches of
-    1,024, encoder biases started so ~100 features fire, which keeps every step sparse) ends near
-    L0 10-20 ("small") and takes minutes per layer on a laptop CPU, seconds on a GPU.
-    The suite lives in ``gsnb.models.cache_root()/suites/<hash>``, the hash covering the model
-    name, the targets, the :class:`TrainConfig` and the data; each SAE is saved there in Gemma
-    Scope 2's layout (see :func:`suite_id`), so ``gsnb.load_sae(folder, id)`` reads it too.
-
-    >>> suite = gsnb.small_suite(kinds=("resid_post", "transcoder"), layers=[3, 6])
-    >>> suite.saes["transcoder.6"]
-    """
-    from gsnb.models import cache_root, load_model
-
-    model = model if model is not None else load_model(device="cpu")
-    cfg = cfg or TrainConfig(
-        d_sae=4096, l0_coefficient=1e-3, lr=2e-4, init_l0=100, batch_size=1024, n_tokens=2**18
-    )
-    cfg = dataclasses.replace(cfg, progress=progress, checkpoint_dir=None)
-    bad = set(kinds) - set(_GS2_FOLDERS)
-    if bad:
-        raise ValueError(f"kinds {sorted(bad)}: small suites hold {', '.join(_GS2_FOLDERS)}")
-    targets = [
-        site.replace("mlp_out", "transcoder") if kind == "transcoder" else site
-        for kind in kinds
-        for site in model.sites("mlp_out" if kind == "transcoder" else kind, layers)
-    ]
-    spec = {
-        "model": model.name,
-        "targets": targets,
-        "cfg": _identity(cfg),
-        "data": "gsnb.data.default_tokens",
-    }
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    folder = cache_root() / "suites" / digest
-    label = _l0_label(cfg.target_l0)
-    ids = {name: suite_id(name, cfg.d_sae, label) for name in targets}
-    if (folder / "suite.json").is_file():
-        history = json.loads((folder / "suite.json").read_text())["history"]
-        return SuiteResult(
-            saes={name: JumpReLUSAE.load(folder / sae_id) for name, sae_id in ids.items()},
-            history={name: [StepMetrics(*row) for row in history[name]] for name in ids},
-            ranks=dict.fromkeys(ids, 0),
-            steps=0,
-            seconds=0.0,
-            folder=folder,
-        )
-    ckpt = dataclasses.replace(
-        cfg, checkpoint_dir=str(folder / "checkpoints"), checkpoint_every=100
-    )
-    result = train_suite(model, targets, ckpt)
-    result.save(folder, label)
-    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-    body = {"spec": spec, "ids": ids, "history": result.history}
-    atomic_write(folder / "suite.json", lambda p: Path(p).write_text(json.dumps(body)))
-    return result._replace(folder=folder)
-
-
-def _l0_label(target_l0: float | None) -> str:
-    """Gemma Scope 2's L0 label for a target (small 10-20, medium 30-60, big 90-150)."""
-    if target_l0 is None or target_l0 <= 25:
-        return "small"
-    return "medium" if target_l0 <= 75 else "big"

@@ -319,7 +319,7 @@ def test_two_processes_share_the_sites_and_match_one_process(tmp_path):
 
 def test_small_suite_trains_once_then_loads_from_the_cache(gemma3, tmp_path, monkeypatch):
     import gsnb.train
-    from gsnb.train import small_suite
+    from gsnb.suites import small_suite
 
     monkeypatch.setenv("GSNB_CACHE", str(tmp_path))
     cfg = TrainConfig(d_sae=16, batch_size=64, n_tokens=6 * 64, seq_len=16, progress=False)
