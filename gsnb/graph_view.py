@@ -199,7 +199,8 @@ def _stats_by_layer(stats, graph) -> dict:
 
 
 def _with_top_tokens(graph, stats: dict, labels: dict[int, str]) -> dict[int, str]:
-    """Node labels extended with each feature's top tokens, for the hover text."""
+    """Node labels extended with each feature's top tokens, for the hover text (plain text,
+    one line each)."""
     out = dict(labels)
     for layer, st in stats.items():
         nodes = (graph.features[:, 0] == layer).nonzero().flatten().tolist()
@@ -208,9 +209,9 @@ def _with_top_tokens(graph, stats: dict, labels: dict[int, str]) -> dict[int, st
         for node, fire, promote in zip(nodes, fires, promotes, strict=True):
             parts = [out[node]] if node in out else []
             if fire:
-                parts.append(html.escape("fires on " + " ".join(repr(t) for t in fire[:5])))
+                parts.append("fires on " + " ".join(repr(t) for t in fire[:5]))
             if promote:
-                parts.append(html.escape("promotes " + " ".join(repr(t) for t in promote[:5])))
+                parts.append("promotes " + " ".join(repr(t) for t in promote[:5]))
             if parts:
-                out[node] = "<br>".join(parts)
+                out[node] = "\n".join(parts)
     return out

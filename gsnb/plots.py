@@ -91,7 +91,8 @@ def attribution_graph(
 
     Args:
         graph: a :class:`gsnb.Graph` (usually pruned).
-        feature_labels: extra hover text per node index (for example a feature's top tokens).
+        feature_labels: extra hover text per node index (for example a feature's top tokens);
+            plain text, with newlines for line breaks.
         highlight: node indices drawn with a thick outline (pinned nodes).
     """
     feature_labels = feature_labels or {}
@@ -161,8 +162,8 @@ def attribution_graph(
                     line=dict(width=[3 if n in highlight else 0.5 for n in nodes], color="black"),
                 ),
                 text=[
-                    graph.node_label(n)
-                    + (f"<br>{feature_labels[n]}" if n in feature_labels else "")
+                    _hover_text(graph.node_label(n))
+                    + (f"<br>{_hover_text(feature_labels[n])}" if n in feature_labels else "")
                     + f"<br>influence {influence[n]:.3g}"
                     for n in nodes
                 ],
@@ -568,3 +569,8 @@ def density_marker(density: torch.Tensor, feature: int) -> list[dict]:
     x = math.log10(d)
     line = dict(color="black", dash="dash")
     return [dict(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", line=line)]
+
+
+def _hover_text(text: str) -> str:
+    """Plain text as plotly hover markup: escaped, newlines as line breaks."""
+    return html.escape(text).replace("\n", "<br>")
