@@ -579,8 +579,14 @@ def _feature_influence(
 def _cpu_stack(stack: Stack) -> Stack:
     """The stack with fp32 weights on the CPU (the stack itself when they already are)."""
     if isinstance(stack, CrossLayerTranscoder):
-        on_cpu = stack.W_enc.device.type == "cpu" and stack.W_enc.dtype == torch.float32
-        return stack if on_cpu else _cpu_copy(stack)
+        if stack.W_enc.device.type == "cpu" and stack.W_enc.dtype == torch.float32:
+            return stack
+        # Tensor by tensor, so a GPU never holds a second copy of a large CLT.
+        with torch.device("meta"):
+            copy = CrossLayerTranscoder(stack.cfg)
+        state = {k: v.detach().float().cpu() for k, v in stack.state_dict().items()}
+        copy.load_state_dict(state, assign=True)
+        return copy.requires_grad_(False)
     # Module.to moves in place: copy, so the caller's transcoders stay where they are.
     return PerLayerTranscoders(
         [

@@ -148,3 +148,13 @@ def test_bad_clt_files_and_models_are_named(tmp_path):
     other = random_clt(tiny_model("gemma3", n_layers=2))
     with pytest.raises(ValueError, match="covers 2 layers but tiny-gemma3 has 3"):
         trace(model, other, PROMPT, progress=False)
+
+
+def test_tracing_works_on_a_copy_and_leaves_the_clt_as_it_was():
+    model = tiny_model("gemma3")
+    clt = random_clt(model)
+    wide = random_clt(model).double()  # same seed: the same weights in float64
+    graph = trace(model, clt, PROMPT, progress=False)
+    again = trace(model, wide, PROMPT, progress=False)
+    assert wide.W_enc.dtype == torch.float64 and wide.W_dec[1].dtype == torch.float64
+    torch.testing.assert_close(again.adjacency, graph.adjacency, rtol=1e-4, atol=1e-5)
