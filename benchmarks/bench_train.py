@@ -7,19 +7,22 @@ alternating repetition by repetition so that a drifting machine load hits both a
    same batches in the same order (a plain safetensors file of the rows is handed to the peer).
    Steady-state training tokens/s, skipping the first 2 steps; wall and CPU seconds per step
    (CPU = user + system of the training process, all threads).
-   gsnb uses its recipe (TrainConfig defaults: sparse step chosen per step, Adam beta1 = 0, ...);
+   gsnb uses its defaults (TrainConfig: the recipe, encoder biases started so about 100 features
+   fire, the sparse step chosen per step);
    SAELens uses ``JumpReLUTrainingSAE`` with ``jumprelu_sparsity_loss_mode="step"`` and its
    defaults otherwise, driven by its ``SAETrainer.fit``.
-2. FVU at matched L0 on held-out rows: SAELens is trained once (defaults, except inputs
-   normalised with its ``expected_average_only_in``: Gemma 3's residual norms are ~3,000, and
-   without it the L0 coefficient is negligible against the raw MSE); gsnb is then trained with
-   ``target_l0`` set to SAELens's held-out L0, so both land at about the same L0. Both get the
-   same steps, batches and width. If the two held-out L0s still differ by more than 10 %, the
-   printout says so. On a CPU this is a very short run (a few dozen steps): it compares early
-   training, not converged SAEs.
+2. FVU at matched L0 on held-out rows: both tools get the recipe's hyperparameters in the same
+   units (rows scaled to mean squared norm 1, threshold and bandwidth 0.001, Adam beta1 = 0,
+   the same learning rate, warmups and decay) and the quadratic L0 penalty around the same
+   target, for the same steps, batches and width. A short run may leave SAELens far from the
+   target (its encoder biases start at zero, where half the features fire), so gsnb is trained
+   once more with ``target_l0`` set to SAELens's held-out L0, and the two FVUs are compared at
+   matched L0. If the L0s still differ by more than 10 %, the printout says so. On a CPU these
+   are short runs (hundreds of steps): they compare early training, not converged SAEs.
 3. Suite: one ``train_suite`` step for the 18 ``resid_post`` layers (batches from an
-   ActivationStore) against 18 single-site ``train_sae`` steps, as wall/CPU time per step.
-   Width and batch are reduced (see the table) to fit the CPU budget.
+   ActivationStore) against 18 single-site ``train_sae`` steps, as wall/CPU time per step; and
+   whole calls streaming activations from the model (the suite runs one forward pass for all
+   18 sites, each single-site run its own). Width and batch are reduced (see the table).
 
 Usage: ``python benchmarks/bench_train.py [--small] [--steps N] [--width W]``.
 Ends with ``train_speedup_vs_saelens=<gsnb tokens/s / SAELens tokens/s>
@@ -29,6 +32,7 @@ fvu_ratio_vs_saelens=<gsnb FVU / SAELens FVU at matched L0>``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -46,13 +50,14 @@ from safetensors.torch import save_file
 
 import gsnb
 from gsnb.data import default_tokens
-from gsnb.train import TrainConfig, train_sae, train_suite
+from gsnb.train import TrainConfig, _schedule, train_sae, train_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_VENV = ROOT / ".bench-venv-saelens"
 PEER_TORCH = "torch==2.13.0"
 SITE = "resid_post.6"
 SKIP = 2  # steps left out of steady-state timings
+FVU_TARGET_L0 = 32.0
 
 PEER_SCRIPT = textwrap.dedent(
     """
@@ -68,8 +73,9 @@ PEER_SCRIPT = textwrap.dedent(
     train, held = rows["train"], rows["heldout"]
     torch.manual_seed(a["seed"])
     extra = {"normalize_activations": a["normalize"]} if a["normalize"] else {}
+    extra.update(a["sae_kwargs"])
     sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
-        d_in=train.shape[1], d_sae=a["d_sae"], jumprelu_sparsity_loss_mode="step", **extra))
+        d_in=train.shape[1], d_sae=a["d_sae"], **extra))
     B, n = a["batch"], a["steps"]
     stamps = []
 
@@ -87,7 +93,8 @@ PEER_SCRIPT = textwrap.dedent(
 
     cfg = SAETrainerConfig(total_training_samples=n * B, train_batch_size_samples=B,
                            lr_end=3e-4 / 10,  # what its runner config's post-init sets
-                           n_batches_for_norm_estimate=a["norm_batches"])
+                           n_batches_for_norm_estimate=a["norm_batches"],
+                           **a["trainer_kwargs"])
     trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=provider())
     est = None
     if a["normalize"]:
@@ -152,6 +159,8 @@ def run_peer(
     normalize: str | None,
     evaluate: bool,
     script: Path,
+    sae_kwargs: dict | None = None,
+    trainer_kwargs: dict | None = None,
 ) -> dict:
     args = {
         "rows": str(rows_path),
@@ -162,6 +171,8 @@ def run_peer(
         "normalize": normalize,
         "norm_batches": 4,
         "eval": evaluate,
+        "sae_kwargs": {"jumprelu_sparsity_loss_mode": "step", **(sae_kwargs or {})},
+        "trainer_kwargs": trainer_kwargs or {},
     }
     env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
     proc = subprocess.run(
@@ -224,8 +235,9 @@ def main() -> None:
     steps = args.steps or (5 if small else 6)
     batch = 4096
     fvu_width, fvu_batch = (2048, 1024) if small else (4096, 1024)
-    fvu_steps = args.fvu_steps or (40 if small else 80)
+    fvu_steps = args.fvu_steps or (200 if small else 1000)
     suite_width, suite_batch, suite_steps = (512, 1024, 3) if small else (1024, 2048, 3)
+    stream_steps = 3
     n_windows_l6 = 56 if small else 100  # x 127 non-BOS rows
     n_windows_all = 40  # x 128 tokens, all 18 layers
 
@@ -276,21 +288,54 @@ def main() -> None:
         speedup = sl_wall / gs_wall
         dens = [h.l0 / width for r in gs_runs for h in r["history"][SKIP:]]
 
-        # --- 2. FVU at matched L0 (SAELens first, gsnb targets its L0)
-        sl_f = run_peer(
-            rows_path, fvu_width, fvu_batch, fvu_steps, "expected_average_only_in", True, script
-        )
-        print(f"[fvu] SAELens L0 {sl_f['l0']:.1f} FVU {sl_f['fvu']:.4f}", flush=True)
+        # --- 2. FVU at matched L0. Both get the recipe's hyperparameters in the same units:
+        # rows scaled to mean squared norm 1 (gsnb's fixed scale, applied to SAELens's copy),
+        # threshold and bandwidth 0.001, Adam beta1 = 0, gsnb's learning rate, warmups and
+        # decay, and the quadratic L0 penalty around FVU_TARGET_L0 (SAELens's per-token form
+        # with half the coefficient equals gsnb's batch form at a constant L0).
         fcfg = TrainConfig(
             d_sae=fvu_width,
             batch_size=fvu_batch,
             n_tokens=fvu_steps * fvu_batch,
-            target_l0=max(1.0, sl_f["l0"]),
+            target_l0=FVU_TARGET_L0,
             l0_coefficient=1e-2,
             progress=False,
         )
-        gs_f = run_gsnb(train, fcfg, held)
-        print(f"[fvu] gsnb L0 {gs_f['l0']:.1f} FVU {gs_f['fvu']:.4f}", flush=True)
+        lr, warm, l0_warm = _schedule(fcfg, fvu_steps)
+        scale = float(train[:fvu_batch].double().pow(2).sum(1).mean().rsqrt())
+        scaled_path = tmp / "rows_scaled.safetensors"
+        save_file({"train": train * scale, "heldout": held * scale}, str(scaled_path))
+        sl_f = run_peer(
+            scaled_path,
+            fvu_width,
+            fvu_batch,
+            fvu_steps,
+            None,
+            True,
+            script,
+            sae_kwargs=dict(
+                jumprelu_sparsity_loss_mode="quadratic",
+                target_l0=FVU_TARGET_L0,
+                l0_coefficient=fcfg.l0_coefficient / 2,
+                jumprelu_init_threshold=fcfg.threshold_init,
+                jumprelu_bandwidth=fcfg.bandwidth,
+                l0_warm_up_steps=l0_warm,
+            ),
+            trainer_kwargs=dict(
+                lr=lr,
+                adam_beta1=0.0,
+                lr_warm_up_steps=warm,
+                lr_decay_steps=round(fcfg.lr_decay_fraction * fvu_steps),
+            ),
+        )
+        print(f"[fvu] SAELens L0 {sl_f['l0']:.1f} FVU {sl_f['fvu']:.4f}", flush=True)
+        gs_same = run_gsnb(train, fcfg, held)
+        print(f"[fvu] gsnb (same target) L0 {gs_same['l0']:.1f} FVU {gs_same['fvu']:.4f}")
+        # SAELens may end far from the target in a short run; gsnb then targets the L0 it
+        # reached, so the two FVUs compare at matched L0.
+        mcfg = dataclasses.replace(fcfg, target_l0=max(1.0, sl_f["l0"]))
+        gs_f = run_gsnb(train, mcfg, held)
+        print(f"[fvu] gsnb (matched) L0 {gs_f['l0']:.1f} FVU {gs_f['fvu']:.4f}", flush=True)
         fvu_ratio = gs_f["fvu"] / sl_f["fvu"]
         l0_off = abs(gs_f["l0"] / max(sl_f["l0"], 1e-9) - 1)
 
@@ -331,7 +376,18 @@ def main() -> None:
                 sum(statistics.median(w for w, _ in t) for t in single_t),
                 sum(statistics.median(c for _, c in t) for t in single_t),
             )
-            suite_rows = (sites, suite_step, single_step, t_cache_all)
+            # Streamed from the model, a suite shares one forward pass among its sites, where
+            # each single-site run needs its own (truncated at its layer): whole calls, timed.
+            stream_cfg = dataclasses.replace(scfg, n_tokens=stream_steps * suite_batch)
+            t0 = time.perf_counter()
+            train_suite(model, sites, stream_cfg)
+            stream_suite = time.perf_counter() - t0
+            stream_single = 0.0
+            for site in sites:
+                t0 = time.perf_counter()
+                train_sae(model, site, stream_cfg)
+                stream_single += time.perf_counter() - t0
+            suite_rows = (sites, suite_step, single_step, t_cache_all, stream_suite, stream_single)
 
         # --- report
         tps = lambda wall: batch / wall  # noqa: E731
@@ -356,17 +412,17 @@ def main() -> None:
             f"| speed | SAELens {sae_lens_version()} | {width} | {batch} | {n_sl} | "
             f"{sl_wall:.2f} | {sl_cpu:.2f} | {tps(sl_wall):,.0f} | | |"
         )
-        print(
-            f"| FVU (held-out {n_held} rows) | SAELens | {fvu_width} | {fvu_batch} | "
-            f"{fvu_steps} steps | | | | {sl_f['l0']:.1f} | {sl_f['fvu']:.4f} |"
-        )
-        print(
-            f"| FVU (held-out {n_held} rows) | gsnb (target_l0={fcfg.target_l0:.1f}) | "
-            f"{fvu_width} | {fvu_batch} | {fvu_steps} steps | | | | {gs_f['l0']:.1f} | "
-            f"{gs_f['fvu']:.4f} |"
-        )
+        for tool, res in (
+            (f"SAELens (target_l0={FVU_TARGET_L0:.0f})", sl_f),
+            (f"gsnb (target_l0={FVU_TARGET_L0:.0f})", gs_same),
+            (f"gsnb (target_l0={mcfg.target_l0:.1f}, SAELens's L0)", gs_f),
+        ):
+            print(
+                f"| FVU (held-out {n_held} rows) | {tool} | {fvu_width} | {fvu_batch} | "
+                f"{fvu_steps} steps | | | | {res['l0']:.1f} | {res['fvu']:.4f} |"
+            )
         if suite_rows:
-            sites, (sw, sc), (gw, gc), tca = suite_rows
+            sites, (sw, sc), (gw, gc), tca, stream_suite, stream_single = suite_rows
             print(
                 f"| suite | gsnb train_suite, {len(sites)} sites | {suite_width} | "
                 f"{suite_batch} | {suite_steps - 1} | {sw:.2f} | {sc:.2f} | "
@@ -377,17 +433,30 @@ def main() -> None:
                 f"{suite_batch} | {len(sites)} x {suite_steps - 1} | {gw:.2f} | {gc:.2f} | "
                 f"{suite_batch / gw:,.0f} | | |"
             )
+            print(
+                f"| suite, streamed from the model | gsnb train_suite, {len(sites)} sites | "
+                f"{suite_width} | {suite_batch} | {stream_steps} (whole call) | "
+                f"{stream_suite / stream_steps:.2f} | | "
+                f"{suite_batch * stream_steps / stream_suite:,.0f} | | |"
+            )
+            print(
+                f"| suite, streamed from the model | gsnb {len(sites)} x train_sae (sum) | "
+                f"{suite_width} | {suite_batch} | {len(sites)} x {stream_steps} (whole calls) | "
+                f"{stream_single / stream_steps:.2f} | | "
+                f"{suite_batch * stream_steps / stream_single:,.0f} | | |"
+            )
         print()
         print(
             f"- Steady state: medians over steps {SKIP}..{steps - 1} of {args.reps} alternating "
-            f"repetitions per tool. gsnb's steps visited a mean density of "
-            f"{statistics.mean(dens) if dens else float('nan'):.3f} of features active "
-            f"(recipe start: threshold 0.001, so the step is dense early in a run)."
+            f"repetitions per tool, each with its defaults. gsnb's steps had a mean L0 of "
+            f"{statistics.mean(dens) * width if dens else float('nan'):.0f} of {width} "
+            "(its encoder biases start so about 100 features fire, so every step is sparse; "
+            "SAELens starts at zero bias, where about half of them fire)."
         )
         print(
             f"- FVU: {fvu_steps} steps of {fvu_batch} rows from {len(train)} rows (repeated), "
-            "so these are early-training numbers, not converged SAEs; SAELens normalises "
-            "inputs (expected_average_only_in), gsnb scales them to mean squared norm 1."
+            "so these are short-run numbers, not converged SAEs. Both tools get the same "
+            "recipe hyperparameters in the same units (see the script)."
         )
         if l0_off > 0.1 and gs_f["l0"] < sl_f["l0"] and gs_f["fvu"] < sl_f["fvu"]:
             print(
@@ -404,8 +473,10 @@ def main() -> None:
         if suite_rows:
             print(
                 f"- Suite: {len(suite_rows[0])} resid_post layers cached from {n_windows_all} "
-                f"windows in {suite_rows[3]:.0f}s; suite / singles wall ratio "
-                f"{suite_rows[1][0] / suite_rows[2][0]:.2f}."
+                f"windows in {suite_rows[3]:.0f}s. From that cache, suite / singles wall ratio "
+                f"{suite_rows[1][0] / suite_rows[2][0]:.2f} per step (no forward pass to share). "
+                "Streamed from the model, whole calls with set-up: suite / singles wall ratio "
+                f"{suite_rows[4] / suite_rows[5]:.2f}."
             )
         print(
             f"- Speedup by wall time {speedup:.2f}x, by CPU time {sl_cpu / gs_cpu:.2f}x: on a loaded "

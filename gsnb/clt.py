@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -246,9 +247,11 @@ class CrossLayerTranscoder(nn.Module):
         facts = {}
         if (folder / "config.json").is_file():
             facts = json.loads((folder / "config.json").read_text()).get("gsnb", {})
-        layers = [load_file(str(found[s])) for s in range(n)]
-        first = layers[0]
-        d_in, d_sae = first["w_enc"].shape
+        with safe_open(str(found[0]), framework="pt") as f:
+            shapes = {key: f.get_slice(key).get_shape() for key in f.keys()}
+        if "w_enc" not in shapes or "b_dec" not in shapes:
+            raise ValueError(f"{found[0]} has no 'w_enc' or 'b_dec' (keys: {sorted(shapes)})")
+        d_in, d_sae = shapes["w_enc"]
         known = {f.name for f in fields(CLTConfig)}
         cfg = CLTConfig(
             **{
@@ -256,14 +259,15 @@ class CrossLayerTranscoder(nn.Module):
                 "n_layers": n,
                 "d_in": d_in,
                 "d_sae": d_sae,
-                "d_out": first["b_dec"].shape[0],
-                "skip": "affine_skip_connection" in first,
+                "d_out": shapes["b_dec"][0],
+                "skip": "affine_skip_connection" in shapes,
                 **overrides,
             }
         )
         clt = cls(cfg)
         with torch.no_grad():
-            for s, tensors in enumerate(layers):
+            for s in range(n):  # one file at a time: a released CLT is many GB
+                tensors = load_file(str(found[s]))
                 _check_layer_file(tensors, cfg, s, found[s])
                 clt.W_enc[s].copy_(tensors["w_enc"])
                 clt.b_enc[s].copy_(tensors["b_enc"])
@@ -273,6 +277,7 @@ class CrossLayerTranscoder(nn.Module):
                 clt.W_dec[s].copy_(w_dec[:, s:] if w_dec.shape[1] == n else w_dec)
                 if cfg.skip:
                     clt.W_skip[s].copy_(tensors["affine_skip_connection"])
+                del tensors, w_dec
         return clt
 
 
