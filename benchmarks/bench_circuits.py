@@ -26,10 +26,15 @@ out of the comparison (counted separately); the breakdown by edge kind is printe
 circuit-tracer's token edges come out 1/sqrt(d_model) times gsnb's (it multiplies the gradient
 at the scaled embedding by the unscaled embedding rows); edge_corr keeps them as they are.
 
+With ``--clt`` the replacement is one random cross-layer transcoder instead (each source layer's
+features write its own and every later layer's MLP output; width per layer 1024, ``--small``
+512), calibrated the same way, saved in Gemma Scope 2's ``clt`` layout for gsnb and in
+circuit-tracer's own CLT layout (``W_enc_{L}.safetensors``, ``W_dec_{L}.safetensors``) for it.
+
 Defaults: width 4096, 500 feature nodes, 2 runs of each (about 9 minutes on 2 busy cores);
 ``--small``: width 1024, 200 feature nodes, 1 run of each (about 3 minutes).
 
-Usage: ``python benchmarks/bench_circuits.py [--small]``. Prints a markdown table and ends with
+Usage: ``python benchmarks/bench_circuits.py [--small] [--clt]``. Prints a markdown table and ends with
 ``trace_speedup_vs_circuit_tracer=<median circuit-tracer attribution time / median gsnb
 attribution time> edge_corr=<Pearson r over shared edges>``.
 """
@@ -101,24 +106,40 @@ def suite_id(layer: int, d_sae: int) -> str:
     return f"transcoder_all/layer_{layer}_width_{width_label(d_sae)}_l0_small"
 
 
+def calibration(model, prompt_tokens: torch.Tensor) -> tuple[dict, dict]:
+    """``mlp_in``/``mlp_out`` rows of every layer on the calibration texts (BOS excluded), and
+    the prompt's cache."""
+    sites = [f"{k}.{layer}" for layer in range(model.n_layers) for k in ("mlp_in", "mlp_out")]
+    xs = {s: [] for s in sites}
+    for text in CALIBRATION:
+        _, cache = model.run_with_cache(text, sites, stop_early=True)
+        for s in sites:
+            xs[s].append(cache[s][0, 1:].float().cpu())
+    _, prompt_cache = model.run_with_cache(prompt_tokens[None], sites, stop_early=True)
+    return {s: torch.cat(v) for s, v in xs.items()}, prompt_cache
+
+
+def random_encoder(x: torch.Tensor, d_sae: int, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit-norm random encoder columns ``[d, d_sae]`` and thresholds at the quantile of their
+    pre-activations on ``x`` that leaves about TARGET_L0 active."""
+    w_enc = torch.randn(x.shape[1], d_sae, generator=gen)
+    w_enc /= w_enc.norm(dim=0, keepdim=True)
+    threshold = (x @ w_enc).quantile(1 - TARGET_L0 / d_sae, dim=0).clamp_min(1e-3)
+    return w_enc, threshold
+
+
 @torch.no_grad()
 def build_suite(model, d_sae: int, folder: Path, prompt_tokens: torch.Tensor) -> list[float]:
     """Random transcoders calibrated on real activations; returns each layer's mean L0 on the
     prompt (BOS excluded)."""
     from gsnb.sae import JumpReLUSAE, SAEConfig
 
-    sites = [f"{k}.{layer}" for layer in range(model.n_layers) for k in ("mlp_in", "mlp_out")]
-    xs = {s: [] for s in sites}
-    for text in CALIBRATION:
-        _, cache = model.run_with_cache(text, sites, stop_early=True)
-        for s in sites:
-            xs[s].append(cache[s][0, 1:].float().cpu())  # BOS excluded
-    _, prompt_cache = model.run_with_cache(prompt_tokens[None], sites, stop_early=True)
+    xs, prompt_cache = calibration(model, prompt_tokens)
     gen = torch.Generator().manual_seed(SEED)
     l0s = []
     for layer in range(model.n_layers):
-        x = torch.cat(xs[f"mlp_in.{layer}"])
-        y = torch.cat(xs[f"mlp_out.{layer}"])
+        x = xs[f"mlp_in.{layer}"]
+        y = xs[f"mlp_out.{layer}"]
         d = x.shape[1]
         tc = JumpReLUSAE(
             SAEConfig(
@@ -130,10 +151,8 @@ def build_suite(model, d_sae: int, folder: Path, prompt_tokens: torch.Tensor) ->
                 l0_target=TARGET_L0,
             )
         )
-        w_enc = torch.randn(d, d_sae, generator=gen)
-        w_enc /= w_enc.norm(dim=0, keepdim=True)
+        w_enc, threshold = random_encoder(x, d_sae, gen)
         pre = x @ w_enc
-        threshold = pre.quantile(1 - TARGET_L0 / d_sae, dim=0).clamp_min(1e-3)
         w_dec = torch.randn(d_sae, d, generator=gen)
         w_dec /= w_dec.norm(dim=1, keepdim=True)
         acts = pre * (pre > threshold)
@@ -147,6 +166,58 @@ def build_suite(model, d_sae: int, folder: Path, prompt_tokens: torch.Tensor) ->
         on_prompt = prompt_cache[f"mlp_in.{layer}"][0, 1:].float().cpu()
         l0s.append(float((tc.encode(on_prompt) > 0).sum(-1).float().mean()))
     return l0s
+
+
+@torch.no_grad()
+def build_clt(model, d_sae: int, folder: Path, prompt_tokens: torch.Tensor) -> list[float]:
+    """A random cross-layer transcoder calibrated like :func:`build_suite` (each target layer's
+    decoder slices scaled together), saved for both tools; returns each source layer's mean L0
+    on the prompt (BOS excluded)."""
+    from safetensors.torch import save_file
+
+    from gsnb.clt import CLTConfig, CrossLayerTranscoder
+
+    xs, prompt_cache = calibration(model, prompt_tokens)
+    gen = torch.Generator().manual_seed(SEED)
+    n, d = model.n_layers, model.d_model
+    clt = CrossLayerTranscoder(CLTConfig(n_layers=n, d_in=d, d_sae=d_sae, model_name=model.name))
+    acts = []
+    for s in range(n):
+        w_enc, threshold = random_encoder(xs[f"mlp_in.{s}"], d_sae, gen)
+        clt.W_enc[s].copy_(w_enc)
+        clt.threshold[s].copy_(threshold)
+        pre = xs[f"mlp_in.{s}"] @ w_enc
+        acts.append(pre * (pre > threshold))
+        w_dec = torch.randn(d_sae, n - s, d, generator=gen)
+        clt.W_dec[s].copy_(w_dec / w_dec.norm(dim=-1, keepdim=True))
+    for t in range(n):
+        y = xs[f"mlp_out.{t}"]
+        recon = sum(acts[s] @ clt.W_dec[s][:, t - s] for s in range(t + 1))
+        scale = (y - y.mean(0)).norm(dim=1).median() / recon.norm(dim=1).median().clamp_min(1e-6)
+        for s in range(t + 1):
+            clt.W_dec[s][:, t - s] *= scale
+        clt.b_dec[t].copy_(y.mean(0))
+    clt.save(folder / "gsnb")
+    ct = folder / "circuit-tracer"
+    ct.mkdir(parents=True)
+    for s in range(n):
+        encoder = {
+            f"W_enc_{s}": clt.W_enc[s].T.contiguous(),
+            f"b_enc_{s}": clt.b_enc[s].clone(),
+            f"b_dec_{s}": clt.b_dec[s].clone(),
+            f"threshold_{s}": clt.threshold[s].clone(),
+        }
+        save_file(encoder, str(ct / f"W_enc_{s}.safetensors"))
+        save_file({f"W_dec_{s}": clt.W_dec[s].contiguous()}, str(ct / f"W_dec_{s}.safetensors"))
+    return [
+        float(
+            (clt.encode(s, prompt_cache[f"mlp_in.{s}"][0, 1:].float().cpu()) > 0)
+            .float()
+            .sum(-1)
+            .mean()
+        )
+        for s in range(n)
+    ]
 
 
 # --- workers (each runs in its own process) --------------------------------------------------------
@@ -164,10 +235,13 @@ def worker_gsnb(args) -> dict:
     tokens = torch.tensor(json.loads(args.tokens))
     start = time.perf_counter()
     model = gsnb.load_model(device="cpu")
-    transcoders = [
-        load_sae(args.suite, suite_id(layer, args.width), device="cpu")
-        for layer in range(model.n_layers)
-    ]
+    if args.clt:
+        transcoders = gsnb.CrossLayerTranscoder.load(Path(args.suite) / "gsnb")
+    else:
+        transcoders = [
+            load_sae(args.suite, suite_id(layer, args.width), device="cpu")
+            for layer in range(model.n_layers)
+        ]
     load_s = time.perf_counter() - start
     start = time.perf_counter()
     graph = trace(
@@ -199,6 +273,7 @@ def worker_circuit_tracer(args) -> dict:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     from circuit_tracer import ReplacementModel, attribute
+    from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
     from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
 
     tokens = torch.tensor(json.loads(args.tokens))
@@ -209,17 +284,28 @@ def worker_circuit_tracer(args) -> dict:
         layer: str(Path(args.suite) / suite_id(layer, args.width) / "params.safetensors")
         for layer in range(n_layers)
     }
-    transcoders = load_transcoder_set(
-        paths,
-        scan="gsnb-bench-random",
-        feature_input_hook="mlp.hook_in",
-        feature_output_hook="hook_mlp_out",
-        device=device,
-        dtype=torch.float32,
-        special_load_fn="gemma-scope-2",
-        lazy_encoder=False,
-        lazy_decoder=False,
-    )
+    hooks = dict(feature_input_hook="mlp.hook_in", feature_output_hook="hook_mlp_out")
+    if args.clt:
+        transcoders = load_clt(
+            str(Path(args.suite) / "circuit-tracer"),
+            scan="gsnb-bench-random-clt",
+            device=device,
+            dtype=torch.float32,
+            lazy_encoder=False,
+            lazy_decoder=False,
+            **hooks,
+        )
+    else:
+        transcoders = load_transcoder_set(
+            paths,
+            scan="gsnb-bench-random",
+            device=device,
+            dtype=torch.float32,
+            special_load_fn="gemma-scope-2",
+            lazy_encoder=False,
+            lazy_decoder=False,
+            **hooks,
+        )
     model = ReplacementModel.from_pretrained_and_transcoders(
         args.model_dir, transcoders, backend="nnsight", device=device, dtype=torch.float32
     )
@@ -269,6 +355,7 @@ def run_worker(kind: str, args, out: Path) -> dict:
         str(args.max_feature_nodes),
         "--batch-size",
         str(args.batch_size),
+        *(["--clt"] if args.clt else []),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -367,6 +454,7 @@ def main() -> None:
         help="target nodes per backward pass, the same for both (default 64)",
     )
     parser.add_argument("--reps", type=int, default=None, help="runs of each (default 2; 1 small)")
+    parser.add_argument("--clt", action="store_true", help="one cross-layer transcoder instead")
     args = parser.parse_args()
 
     if args.worker:
@@ -378,7 +466,7 @@ def main() -> None:
     import gsnb
 
     os.environ["HF_HUB_OFFLINE"] = "1"
-    d_sae = 1024 if args.small else 4096
+    d_sae = (512 if args.small else 1024) if args.clt else (1024 if args.small else 4096)
     reps = args.reps or (1 if args.small else 2)
     args.max_feature_nodes = args.max_feature_nodes or (200 if args.small else 500)
     setup_start = time.perf_counter()
@@ -388,10 +476,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="gsnb-bench-circuits-"))
     try:
         suite = tmp / "suite"
-        l0s = build_suite(model, d_sae, suite, tokens)
+        l0s = (build_clt if args.clt else build_suite)(model, d_sae, suite, tokens)
         del model
         print(
-            f"setup (peer check, model, {d_sae}-wide transcoder suite): "
+            f"setup (peer check, model, {d_sae}-wide transcoders): "
             f"{time.perf_counter() - setup_start:.0f} s",
             flush=True,
         )
@@ -426,7 +514,9 @@ def main() -> None:
     print(
         f"\nAttribution graph of {n_pos} tokens (BOS included) {PROMPT!r} on gsnb's embedded "
         f"Gemma 3 270M (CPU, float32, {torch.get_num_threads()} threads, load average "
-        f"{os.getloadavg()[0]:.1f} at the end); 18 random JumpReLU transcoders of width {d_sae} "
+        f"{os.getloadavg()[0]:.1f} at the end); "
+        + ("a random cross-layer transcoder" if args.clt else "18 random JumpReLU transcoders")
+        + f" of width {d_sae} "
         f"(L0 per token on the prompt {min(l0s):.0f}..{max(l0s):.0f}, mean "
         f"{statistics.mean(l0s):.0f}); max_feature_nodes={args.max_feature_nodes}, at most 10 "
         f"logits covering 95%, batch size {args.batch_size}; {reps} run(s) each in fresh "
