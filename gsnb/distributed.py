@@ -29,7 +29,15 @@ def init_from_env(device_hint: str | None) -> tuple[int, int, bool]:
     return 0, 1, False
 
 
-def broadcast_saes(targets, ranks, saes, history, model_name, rank, device):
+def broadcast_saes(
+    targets: list[tuple[str, str, str]],
+    ranks: dict[str, int],
+    saes: dict[str, JumpReLUSAE],
+    history: dict[str, list],
+    model_name: str | None,
+    rank: int,
+    device: torch.device,
+) -> tuple[dict[str, JumpReLUSAE], dict[str, list[list[float]]]]:
     """Broadcast every SAE from the process that trained it to all (tensors only, no pickles).
 
     ``targets``: ``(name, site_in, site_out)`` of every SAE; ``ranks``: name -> training rank;
