@@ -13,7 +13,7 @@ from test_releases import hub  # noqa: F401  (the fixture)
 
 import gsnb
 from gsnb.circuits import trace
-from gsnb.clt import CLTConfig, CrossLayerTranscoder
+from gsnb.clt import CrossLayerTranscoder
 
 N_LAYERS, D_IN, D_SAE = 18, 8, 6  # 18 layers: Gemma 3 270M's depth, as the release expects
 
@@ -108,16 +108,13 @@ def test_save_load_round_trips_bit_exactly(tmp_path):
 
 def test_clt_with_only_same_layer_decoders_traces_like_per_layer_transcoders():
     model = tiny_model("gemma3")
-    transcoders = random_transcoders(model, d_sae=24, skip_layer=-1)
-    cfg = CLTConfig(n_layers=model.n_layers, d_in=model.d_model, d_sae=24)
-    clt = CrossLayerTranscoder(cfg)
-    with torch.no_grad():
-        for layer, tc in enumerate(transcoders):
-            clt.W_enc[layer].copy_(tc.W_enc)
-            clt.b_enc[layer].copy_(tc.b_enc)
-            clt.threshold[layer].copy_(tc.threshold)
-            clt.b_dec[layer].copy_(tc.b_dec)
-            clt.W_dec[layer][:, 0].copy_(tc.W_dec)
+    transcoders = random_transcoders(model, d_sae=24)
+    clt = CrossLayerTranscoder.from_transcoders(transcoders)
+    for layer, tc in enumerate(transcoders):
+        assert torch.equal(clt.W_dec[layer][:, 0], tc.W_dec)
+        assert not clt.W_dec[layer][:, 1:].any()
+        skip = tc.W_skip if tc.W_skip is not None else torch.zeros_like(clt.W_skip[layer])
+        assert torch.equal(clt.W_skip[layer], skip)
     a = trace(model, transcoders, PROMPT, progress=False)
     b = trace(model, clt, PROMPT, progress=False)
     assert torch.equal(a.features, b.features)
