@@ -31,6 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
 from gsnb.files import atomic_write
 
@@ -225,7 +226,9 @@ class CrossLayerTranscoder(nn.Module):
         return folder
 
     @classmethod
-    def load(cls, path: str | os.PathLike, **overrides) -> CrossLayerTranscoder:
+    def load(
+        cls, path: str | os.PathLike, progress: bool = True, **overrides
+    ) -> CrossLayerTranscoder:
         """Read a folder of ``params_layer_{s}.safetensors`` (and ``config.json`` if present).
 
         ``overrides`` set :class:`CLTConfig` fields (``model_name=``, ``sae_id=``...)."""
@@ -266,7 +269,8 @@ class CrossLayerTranscoder(nn.Module):
         )
         clt = cls(cfg)
         with torch.no_grad():
-            for s in range(n):  # one file at a time: a released CLT is many GB
+            # One file at a time: a released CLT is many GB.
+            for s in tqdm(range(n), desc="loading CLT layers", unit="layer", disable=not progress):
                 tensors = load_file(str(found[s]))
                 _check_layer_file(tensors, cfg, s, found[s])
                 clt.W_enc[s].copy_(tensors["w_enc"])
