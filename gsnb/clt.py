@@ -340,12 +340,6 @@ class PerLayerTranscoders:
     def transcoder_ids(self) -> list[str]:
         return [tc.cfg.sae_id or tc.site_in for tc in self.transcoders]
 
-    def __getitem__(self, layer: int):
-        return self.transcoders[layer]
-
-    def __len__(self) -> int:
-        return self.n_layers
-
 
 def reconstruct(
     stack, acts: Sequence[torch.Tensor], layer: int, x: torch.Tensor | None
