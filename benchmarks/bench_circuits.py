@@ -56,9 +56,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-PEER_VENV = ROOT / ".bench-venv-circuit-tracer"
-PEER_PINS = ("circuit-tracer==0.5.0", "nnsight==0.6.3", "transformers==4.57.3")
-PEER_TORCH = "torch==2.13.0"
+sys.path.insert(0, str(ROOT / "scripts"))
+from peers import peer_python  # noqa: E402  (the one owner of peer environments)
+
 PROMPT = "Fact: the capital of the state containing the city of Dallas is"
 CALIBRATION = [
     "The old lighthouse keeper climbed the stairs every evening, and on that night he saw a ship.",
@@ -72,27 +72,6 @@ CALIBRATION = [
 ]
 TARGET_L0 = 35
 SEED = 0
-
-
-# --- peer environment --------------------------------------------------------------------------
-
-
-def peer_python() -> Path:
-    return PEER_VENV / "bin" / "python"
-
-
-def ensure_peer() -> None:
-    """Create the circuit-tracer venv if it is missing (PyPI only)."""
-    check = "import circuit_tracer, nnsight, transformers, torch"
-    if peer_python().exists():
-        if subprocess.run([peer_python(), "-c", check], capture_output=True).returncode == 0:
-            return
-    print(f"creating {PEER_VENV} (circuit-tracer 0.5.0; takes a few minutes once)", flush=True)
-    subprocess.run(["python3", "-m", "venv", str(PEER_VENV)], check=True)
-    pip = [str(peer_python()), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, PEER_TORCH], check=True)  # first, so the pins below keep it
-    subprocess.run([*pip, *PEER_PINS], check=True)
-    subprocess.run([peer_python(), "-c", check], check=True)
 
 
 # --- transcoder suite -----------------------------------------------------------------------------
@@ -334,7 +313,7 @@ def worker_circuit_tracer(args) -> dict:
 
 
 def run_worker(kind: str, args, out: Path) -> dict:
-    python = sys.executable if kind == "gsnb" else str(peer_python())
+    python = sys.executable if kind == "gsnb" else peer_python("circuit-tracer")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     cmd = [
         python,
@@ -470,7 +449,7 @@ def main() -> None:
     reps = args.reps or (1 if args.small else 2)
     args.max_feature_nodes = args.max_feature_nodes or (200 if args.small else 500)
     setup_start = time.perf_counter()
-    ensure_peer()
+    peer_python("circuit-tracer")  # created before any timing
     model = gsnb.load_model(device="cpu")
     tokens = model.to_tokens(PROMPT)[0].cpu()
     tmp = Path(tempfile.mkdtemp(prefix="gsnb-bench-circuits-"))

@@ -53,8 +53,9 @@ from gsnb.data import default_tokens
 from gsnb.train import TrainConfig, _schedule, train_sae, train_suite
 
 ROOT = Path(__file__).resolve().parents[1]
-PEER_VENV = ROOT / ".bench-venv-saelens"
-PEER_TORCH = "torch==2.13.0"
+sys.path.insert(0, str(ROOT / "scripts"))
+from peers import peer_python  # noqa: E402  (the one owner of peer environments)
+
 SITE = "resid_post.6"
 SKIP = 2  # steps left out of steady-state timings
 FVU_TARGET_L0 = 32.0
@@ -122,28 +123,6 @@ def clocks() -> tuple[float, float]:
     return time.perf_counter(), u.ru_utime + u.ru_stime
 
 
-def peer_python() -> str:
-    return str(PEER_VENV / "bin" / "python")
-
-
-def ensure_peer() -> None:
-    """Create the SAELens venv if it is missing (PyPI only)."""
-    check = "import sae_lens, torch"
-    if Path(peer_python()).exists():
-        if subprocess.run([peer_python(), "-c", check], capture_output=True).returncode == 0:
-            return
-    print(f"creating {PEER_VENV} (torch CPU + sae-lens) ...", flush=True)
-    subprocess.run(["python3", "-m", "venv", str(PEER_VENV)], check=True)
-    pip = [peer_python(), "-m", "pip", "install", "-q"]
-    subprocess.run(
-        [*pip, PEER_TORCH, "--index-url", "https://download.pytorch.org/whl/cpu"], check=False
-    )
-    if subprocess.run([peer_python(), "-c", "import torch"], capture_output=True).returncode:
-        subprocess.run([*pip, PEER_TORCH], check=True)
-    subprocess.run([*pip, "sae-lens"], check=True)
-    subprocess.run([peer_python(), "-c", check], check=True)
-
-
 def step_times(stamps: list[tuple[float, float]], skip: int = SKIP) -> list[tuple[float, float]]:
     """(wall, cpu) of each step from clock stamps taken as each step asked for its batch (and
     one at the end), leaving out the first ``skip`` steps."""
@@ -176,7 +155,10 @@ def run_peer(
     }
     env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
     proc = subprocess.run(
-        [peer_python(), str(script), json.dumps(args)], capture_output=True, text=True, env=env
+        [peer_python("saelens"), str(script), json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not line:
@@ -242,7 +224,7 @@ def main() -> None:
     n_windows_all = 40  # x 128 tokens, all 18 layers
 
     t_start = time.perf_counter()
-    ensure_peer()
+    peer_python("saelens")  # created before any timing
     torch.manual_seed(0)
     model = gsnb.load_model(device="cpu")
     tmp = Path(tempfile.mkdtemp(prefix="gsnb-bench-train-"))
@@ -491,7 +473,7 @@ def main() -> None:
 
 def sae_lens_version() -> str:
     out = subprocess.run(
-        [peer_python(), "-c", "import sae_lens; print(sae_lens.__version__)"],
+        [peer_python("saelens"), "-c", "import sae_lens; print(sae_lens.__version__)"],
         capture_output=True,
         text=True,
     )
