@@ -8,6 +8,7 @@ Q4_K_M). transformers can read GGUF but takes about a minute to dequantise it, s
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from gsnb import hooks as _hooks
+from gsnb.kv_cache import cache_argument, find_cache
 from gsnb.sites import KINDS, Site, parse_site, site_names
 from gsnb.steering import intervene as _intervene
 
@@ -212,6 +214,22 @@ class Model:
         tokens = self._as_tokens(inputs)
         return self.hf(input_ids=tokens, use_cache=False).logits
 
+    def forward_cached(
+        self, tokens: torch.Tensor, kv_cache=None, last_only: bool = False
+    ) -> tuple[torch.Tensor, object]:
+        """One forward pass of ``tokens [batch, pos]`` that extends a KV cache.
+
+        ``kv_cache`` is what the previous call returned (``None`` to start one). The cache goes
+        in under whatever name the installed transformers' forward gives its cache parameter,
+        and comes back found by type. Returns ``(logits [batch, pos or 1, vocab], kv_cache)``;
+        ``last_only`` keeps just the last position's logits where the model can skip the rest.
+        """
+        kwargs = {} if kv_cache is None else {cache_argument(self.hf.forward): kv_cache}
+        if last_only and "logits_to_keep" in inspect.signature(self.hf.forward).parameters:
+            kwargs["logits_to_keep"] = 1
+        out = self.hf(input_ids=tokens, use_cache=True, **kwargs)
+        return out.logits, find_cache(out)
+
     def run_with_cache(
         self,
         inputs,
@@ -245,6 +263,28 @@ class Model:
             except _hooks.StopForward:
                 pass
         return logits, {str(s): store[str(s)] for s in parsed}
+
+    @torch.no_grad()
+    def attention_patterns(self, inputs) -> torch.Tensor:
+        """Attention probabilities ``[layer, batch, head, query, key]`` of every layer.
+
+        Only the eager attention implementation returns them, so it is switched on for this
+        one pass and the previous implementation restored after, even if the pass raises.
+        """
+        tokens = self._as_tokens(inputs)
+        previous = self.hf.config._attn_implementation
+        self.hf.set_attn_implementation("eager")
+        try:
+            out = self.hf(input_ids=tokens, output_attentions=True, use_cache=False)
+        finally:
+            self.hf.set_attn_implementation(previous)
+        patterns = out.attentions
+        if patterns is None or len(patterns) != self.n_layers:
+            raise RuntimeError(
+                f"{type(self.hf).__name__} returned no attention probabilities for "
+                "output_attentions=True; this transformers release is not one gsnb supports"
+            )
+        return torch.stack(patterns)
 
     intervene = _intervene
     """``with model.intervene([gsnb.Add(...), gsnb.Clamp(...)]):`` steers any forward pass."""

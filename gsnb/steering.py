@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import torch
 
 from gsnb.hooks import HookFn
+from gsnb.kv_cache import cached_length, find_cache
 
 if TYPE_CHECKING:
     from gsnb.models import Model
@@ -143,27 +144,27 @@ def _describe_positions(positions: Positions) -> str:
 class _Cursor:
     """Tracks the absolute position of the current forward pass (KV-cache aware).
 
-    A pre-hook on the text model reads the cache length before the layers run. The prompt length
-    for ``"generated"`` is given, or else taken from the last forward pass that started with an
-    empty cache (the prefill of a generation).
+    A pre-hook on the text model reads the length of the KV cache it is given (found by type, so
+    renamed forward arguments don't matter) before the layers run. The prompt length for
+    ``"generated"`` is given, or else taken from the length of the last forward pass that started
+    with an empty cache (the prefill of a generation), as the first site of that pass sees it.
     """
 
     def __init__(self, prompt_length: int | None):
         self.fixed = prompt_length
         self.prompt_length = prompt_length
         self.offset = 0
+        self.awaiting_prompt = False
 
     def pre_hook(self, _module, args, kwargs) -> None:
-        cache = kwargs.get("past_key_values")
-        self.offset = int(cache.get_seq_length()) if cache is not None else 0
+        self.offset = cached_length(find_cache(args, kwargs))
         if self.fixed is None and self.offset == 0:
-            inputs = kwargs.get("input_ids")
-            if inputs is None:
-                inputs = kwargs.get("inputs_embeds", args[0] if args else None)
-            self.prompt_length = inputs.shape[1] if inputs is not None else None
+            self.prompt_length, self.awaiting_prompt = None, True
 
     def select(self, positions: Positions, n: int) -> slice | list[int] | None:
         """Chunk-relative indices of ``positions`` in a pass of ``n`` tokens (``None``: none)."""
+        if self.awaiting_prompt:  # the prefill: every position in it is the prompt's
+            self.prompt_length, self.awaiting_prompt = self.offset + n, False
         lo, hi = self.offset, self.offset + n
         if positions == "all":
             return slice(None)
@@ -510,9 +511,9 @@ def _generate_ids(
     gen = torch.Generator(device=model.device).manual_seed(seed) if temperature > 0 else None
     new: list[torch.Tensor] = []
     with intervene(model, interventions, prompt_length=n_prompt):
-        out = model.hf(input_ids=tokens, use_cache=True, logits_to_keep=1)
+        logits, cache = model.forward_cached(tokens, last_only=True)
         for step in range(max_new_tokens):
-            logits = out.logits[:, -1].float()  # [1, vocab]
+            logits = logits[:, -1].float()  # [1, vocab]
             if gen is None:
                 nxt = logits.argmax(-1)
             else:
@@ -521,9 +522,7 @@ def _generate_ids(
             new.append(nxt)
             if int(nxt) in eos or step == max_new_tokens - 1:
                 break
-            out = model.hf(
-                input_ids=nxt[:, None], past_key_values=out.past_key_values, use_cache=True
-            )
+            logits, cache = model.forward_cached(nxt[:, None], cache)
     return torch.cat(new)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -192,14 +193,67 @@ def test_positions_are_absolute_through_the_kv_cache(gemma3, positions):
     with intervene(gemma3, steer, prompt_length=7):
         reference = gemma3(full)
     with intervene(gemma3, steer):
-        out = gemma3.hf(input_ids=prompt, use_cache=True)
-        cached = [out.logits]
+        logits, kv = gemma3.forward_cached(prompt)
+        cached = [logits]
         for i in range(rest.shape[1]):
-            out = gemma3.hf(
-                input_ids=rest[:, i : i + 1], past_key_values=out.past_key_values, use_cache=True
-            )
-            cached.append(out.logits)
+            logits, kv = gemma3.forward_cached(rest[:, i : i + 1], kv)
+            cached.append(logits)
     torch.testing.assert_close(torch.cat(cached, dim=1), reference, rtol=1e-4, atol=1e-5)
+
+
+def steered_greedy_without_cache(model, tokens, steer, n_new):
+    """Reference: a full forward pass per new token (no KV cache), the interventions applied
+    to the generated positions only, by absolute position."""
+    n_prompt = tokens.shape[1]
+    for _ in range(n_new):
+        with intervene(model, steer, prompt_length=n_prompt):
+            nxt = model(tokens)[0, -1].argmax()
+        tokens = torch.cat([tokens, nxt.view(1, 1)], dim=1)
+    return tokens[0, n_prompt:]
+
+
+def generated_steer(model):
+    sae = random_sae(model, "mlp_in.1", "mlp_out.1", fire=0.5)
+    direction = torch.randn(model.d_model, generator=torch.Generator().manual_seed(1))
+    return [
+        Add("resid_post.0", direction, 3.0, positions="generated"),
+        Clamp(sae, [0, 1, 2, 3], 4.0, positions="generated"),
+    ]
+
+
+def test_generate_steers_generated_positions_like_a_no_cache_reference(model):
+    steer = generated_steer(model)
+    tokens = model.to_tokens(PROMPT)
+    ours = _generate_ids(model, tokens, steer, max_new_tokens=12)  # past the window of 8
+    reference = steered_greedy_without_cache(model, tokens, steer, 12)
+    assert torch.equal(ours, reference)
+    # The steering matters from the second new token on: unsteered greedy differs.
+    assert not torch.equal(ours, _generate_ids(model, tokens, max_new_tokens=12))
+
+
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+def test_transformers_generate_is_steered_through_its_own_cache(gemma3, cache_implementation):
+    steer = generated_steer(gemma3)
+    tokens = gemma3.to_tokens(PROMPT)
+    with intervene(gemma3, steer):  # the prompt length is read off the prefill
+        out = gemma3.hf.generate(
+            tokens,
+            attention_mask=torch.ones_like(tokens),
+            max_new_tokens=6,
+            do_sample=False,
+            cache_implementation=cache_implementation,
+        )
+    reference = steered_greedy_without_cache(gemma3, tokens, steer, 6)
+    assert torch.equal(out[0, tokens.shape[1] :], reference)
+    assert count_hooks(gemma3.hf) == 0
+
+
+def test_generation_loop_raises_no_future_warning(model):
+    steer = generated_steer(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        generate(model, PROMPT, steer, max_new_tokens=4)
+        generate(model, PROMPT, max_new_tokens=4, temperature=1.0)
 
 
 def test_sampling_is_reproducible_by_seed(gemma3):
