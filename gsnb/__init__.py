@@ -1,6 +1,6 @@
 """gsnb: Jupyter-first mechanistic interpretability with Gemma Scope-style JumpReLU SAEs."""
 
-from gsnb import data
+from gsnb import data, token_views
 from gsnb.attribution import (
     attribute,
     attribution_patching,
@@ -74,6 +74,7 @@ __all__ = [
     "TrainResult",
     "cache_activations",
     "data",
+    "token_views",
     "evaluate",
     "list_releases",
     "list_sae_ids",
