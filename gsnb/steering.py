@@ -164,7 +164,7 @@ class _Cursor:
     def select(self, positions: Positions, n: int) -> slice | list[int] | None:
         """Chunk-relative indices of ``positions`` in a pass of ``n`` tokens (``None``: none)."""
         if self.awaiting_prompt:  # the prefill: every position in it is the prompt's
-            self.prompt_length, self.awaiting_prompt = self.offset + n, False
+            self.prompt_length, self.awaiting_prompt = n, False
         lo, hi = self.offset, self.offset + n
         if positions == "all":
             return slice(None)

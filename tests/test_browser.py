@@ -1,8 +1,8 @@
 """The feature widgets and the exported page render in a real browser: headless Chromium driving
 JupyterLab running tutorial 03, and a file:// page with the network cut off.
 
-Needs /usr/bin/chromium and the playwright package: ``scripts/install_browser.sh`` installs both
-(``make test`` runs it). Screenshots go to ``test-output/browser/`` (git-ignored).
+Needs /usr/bin/chromium (``scripts/install_browser.sh``) and the playwright package (the dev
+extra); ``make test`` installs both. Screenshots go to ``test-output/browser/`` (git-ignored).
 """
 
 from __future__ import annotations
