@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 import gsnb
-from gsnb.cache import cache_activations
-from gsnb.data import default_tokens
+from gsnb.core.data import default_tokens
+from gsnb.saes.activations import cache_activations
 
 
 def clocks(model) -> tuple[float, float]:

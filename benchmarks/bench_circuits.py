@@ -1,4 +1,4 @@
-"""Attribution graphs: gsnb.circuits.trace against circuit-tracer, on the same model, prompt and
+"""Attribution graphs: gsnb.trace against circuit-tracer, on the same model, prompt and
 transcoders, side by side in one run.
 
 Setup (all offline but the first ``pip install`` of the peer):
@@ -111,7 +111,7 @@ def random_encoder(x: torch.Tensor, d_sae: int, gen) -> tuple[torch.Tensor, torc
 def build_suite(model, d_sae: int, folder: Path, prompt_tokens: torch.Tensor) -> list[float]:
     """Random transcoders calibrated on real activations; returns each layer's mean L0 on the
     prompt (BOS excluded)."""
-    from gsnb.sae import JumpReLUSAE, SAEConfig
+    from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
     xs, prompt_cache = calibration(model, prompt_tokens)
     gen = torch.Generator().manual_seed(SEED)
@@ -154,7 +154,7 @@ def build_clt(model, d_sae: int, folder: Path, prompt_tokens: torch.Tensor) -> l
     on the prompt (BOS excluded)."""
     from safetensors.torch import save_file
 
-    from gsnb.clt import CLTConfig, CrossLayerTranscoder
+    from gsnb.saes.clt import CLTConfig, CrossLayerTranscoder
 
     xs, prompt_cache = calibration(model, prompt_tokens)
     gen = torch.Generator().manual_seed(SEED)
@@ -208,8 +208,8 @@ def peak_rss_mib() -> float:
 
 def worker_gsnb(args) -> dict:
     import gsnb
-    from gsnb.circuits import trace
-    from gsnb.releases import load_sae
+    from gsnb.circuits.tracing import trace
+    from gsnb.saes.releases import load_sae
 
     tokens = torch.tensor(json.loads(args.tokens))
     start = time.perf_counter()
@@ -463,7 +463,7 @@ def main() -> None:
             flush=True,
         )
         args.suite, args.width, args.tokens = str(suite), d_sae, json.dumps(tokens.tolist())
-        args.model_dir = str(gsnb.models.prepare_embedded_model())
+        args.model_dir = str(gsnb.core.model.prepare_embedded_model())
         results: dict[str, list[dict]] = {"gsnb": [], "circuit-tracer": []}
         for r in range(reps):
             order = ["gsnb", "circuit-tracer"] if r % 2 == 0 else ["circuit-tracer", "gsnb"]
@@ -506,7 +506,7 @@ def main() -> None:
         "| active features | feature nodes | logit nodes | edges (nonzero) |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, res in (("gsnb.circuits.trace", g), ("circuit-tracer 0.5.0 attribute (nnsight)", c)):
+    for name, res in (("gsnb.trace", g), ("circuit-tracer 0.5.0 attribute (nnsight)", c)):
         m = med["gsnb" if name.startswith("gsnb") else "circuit-tracer"]
         print(
             f"| {name} | {m['attr_s']:.1f} | {m['load_s']:.1f} | {m['rss_mib']:.0f} | "

@@ -7,7 +7,7 @@ repeated:
 - cache: ``gsnb.cache_activations`` of ``resid_post.12`` into a fresh folder (forward pass stopped
   after the site, device-to-host copy, shard files on disk). Any per-feature statistic needs at
   least this forward pass, so it is the floor.
-- features: ``gsnb.features.feature_stats`` over the same windows (forward pass, SAE encoding,
+- features: ``gsnb.analysis.features.feature_stats`` over the same windows (forward pass, SAE encoding,
   top-k contexts, quantile samples, histograms, density), logit effects off.
 - logit effects: the one-off ``[d_sae, vocab]`` product that ``feature_stats`` adds at the end,
   timed on 1024 features and scaled to 16k (it does not depend on the corpus size).
@@ -29,10 +29,10 @@ import time
 import torch
 
 import gsnb
-from gsnb.cache import cache_activations
-from gsnb.data import default_tokens
-from gsnb.features import _logit_effects, feature_stats
-from gsnb.sae import JumpReLUSAE, SAEConfig
+from gsnb.analysis.features import _logit_effects, feature_stats
+from gsnb.core.data import default_tokens
+from gsnb.saes.activations import cache_activations
+from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
 SITE = "resid_post.12"
 D_SAE = 16384

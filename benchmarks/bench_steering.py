@@ -23,8 +23,8 @@ import time
 import torch
 
 import gsnb
-from gsnb.sae import JumpReLUSAE, SAEConfig
-from gsnb.steering import Add, Clamp, _generate_ids
+from gsnb.analysis.steering import Add, Clamp, _generate_ids
+from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
 PROMPT = "The old lighthouse keeper climbed the stairs every evening, and on that night he saw"
 

@@ -49,8 +49,8 @@ import torch
 from safetensors.torch import save_file
 
 import gsnb
-from gsnb.data import default_tokens
-from gsnb.train import TrainConfig, _schedule, train_sae, train_suite
+from gsnb.core.data import default_tokens
+from gsnb.saes.train import TrainConfig, _schedule, train_sae, train_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

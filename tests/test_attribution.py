@@ -6,15 +6,15 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from gsnb.attribution import (
+from gsnb.analysis.attribution import (
     attribute,
     attribution_patching,
     direct_logit_attribution,
     logit_diff,
     logprob,
 )
-from gsnb.hooks import count_hooks
-from gsnb.sae import JumpReLUSAE, SAEConfig
+from gsnb.core.hooks import count_hooks
+from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
 TEXT = "the cat sat on the mat . a dog ran to the park"
 CLEAN, CORRUPT = "the cat sat on the mat", "the dog sat on the mat"

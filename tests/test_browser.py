@@ -22,7 +22,7 @@ import pytest
 from conftest import tiny_model
 from test_features import corpus, random_sae
 
-from gsnb.features import feature_stats
+from gsnb.analysis.features import feature_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "tutorials" / "03_inspect_features.ipynb"

@@ -1,4 +1,4 @@
-"""gsnb.cache: shards against direct run_with_cache values, resume, validation, batching."""
+"""gsnb.saes.activations: shards against direct run_with_cache values, resume, validation, batching."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from conftest import VOCAB, tiny_model
 from safetensors.torch import load_file, save_file
 
-from gsnb import cache
-from gsnb.cache import ActivationStore, cache_activations
+from gsnb.saes import activations as cache
+from gsnb.saes.activations import ActivationStore, cache_activations
 
 SITES = ["embed", "attn_out.1", "mlp_in.1", "mlp_out.1", "resid_post.2"]
 N_WINDOWS, SEQ = 10, 12

@@ -11,10 +11,10 @@ import torch
 from conftest import tiny_model
 
 import gsnb
-from gsnb.circuits import ReplacementModel, freeze_prompt, trace
-from gsnb.clt import CLTConfig, CrossLayerTranscoder
-from gsnb.graph import Graph
-from gsnb.sae import JumpReLUSAE, SAEConfig
+from gsnb.circuits.graph import Graph
+from gsnb.circuits.tracing import ReplacementModel, freeze_prompt, trace
+from gsnb.saes.clt import CLTConfig, CrossLayerTranscoder
+from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
 PROMPT = "the cat sat on the mat ."
 
@@ -324,4 +324,4 @@ def test_missing_or_misplaced_transcoders_are_named():
         trace(model, [transcoders[0], wrong, transcoders[2]], PROMPT)
     with pytest.raises(ValueError, match=r"logit_prob=0 must be in \(0, 1\]"):
         trace(model, transcoders, PROMPT, logit_prob=0)
-    assert gsnb.hooks.count_hooks(model.hf) == 0
+    assert gsnb.core.hooks.count_hooks(model.hf) == 0

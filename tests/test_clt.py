@@ -12,8 +12,8 @@ from test_circuits import PROMPT, random_clt, random_transcoders
 from test_releases import hub  # noqa: F401  (the fixture)
 
 import gsnb
-from gsnb.circuits import trace
-from gsnb.clt import CrossLayerTranscoder
+from gsnb.circuits.tracing import trace
+from gsnb.saes.clt import CrossLayerTranscoder
 
 N_LAYERS, D_IN, D_SAE = 18, 8, 6  # 18 layers: Gemma 3 270M's depth, as the release expects
 

@@ -1,4 +1,4 @@
-"""gsnb.data: corpus sources and token windows, checked against direct tokenizer calls."""
+"""gsnb.core.data: corpus sources and token windows, checked against direct tokenizer calls."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import tiny_tokenizer
 
-from gsnb import data
+from gsnb.core import data
 
 DOCS = [
     "the cat sat on the mat .",

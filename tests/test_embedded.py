@@ -21,7 +21,7 @@ def test_loads_offline_with_the_gemma_3_270m_shape(embedded):
 def test_greedy_continuation_equals_plain_transformers(embedded):
     from transformers import AutoModelForCausalLM
 
-    from gsnb.models import prepare_embedded_model
+    from gsnb.core.model import prepare_embedded_model
 
     plain = AutoModelForCausalLM.from_pretrained(str(prepare_embedded_model()), dtype=torch.float32)
     prompt = embedded.to_tokens("The capital of France is")

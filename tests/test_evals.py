@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gsnb.evals import EvalResult, evaluate, splice
-from gsnb.sae import JumpReLUSAE, SAEConfig
+from gsnb.saes.evals import EvalResult, evaluate, splice
+from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,9 +11,9 @@ import torch
 from conftest import tiny_model
 from test_features import corpus, random_sae
 
-from gsnb import plots
-from gsnb.features import FeatureStats, feature_activations, feature_stats
-from gsnb.widgets import FeatureInspector, PromptInspector
+from gsnb.analysis.features import FeatureStats, feature_activations, feature_stats
+from gsnb.viz import plots
+from gsnb.viz.widgets import FeatureInspector, PromptInspector
 
 TEXT = "the cat sat on the mat . a dog ran to the park"
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from gsnb.data import special_token_mask
-from gsnb.features import FeatureStats, feature_stats, sample_keys
-from gsnb.sae import JumpReLUSAE, SAEConfig
+from gsnb.analysis.features import FeatureStats, feature_stats, sample_keys
+from gsnb.core.data import special_token_mask
+from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
 N_WINDOWS, SEQ, BATCH, K, R, BINS = 23, 12, 5, 4, 6, 40
 

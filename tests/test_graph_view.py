@@ -6,9 +6,9 @@ import plotly.graph_objects as go
 from conftest import tiny_model
 from test_circuits import PROMPT, random_transcoders
 
-from gsnb import plots
-from gsnb.circuits import trace
-from gsnb.graph_view import GraphView
+from gsnb.circuits.tracing import trace
+from gsnb.viz import plots
+from gsnb.viz.graph_view import GraphView
 
 
 def _graph():
@@ -53,7 +53,7 @@ def test_stats_give_hover_tokens_and_clicks_open_the_feature_inspector():
     import pytest
     import torch
 
-    from gsnb.features import feature_stats
+    from gsnb.analysis.features import feature_stats
 
     model = tiny_model("gemma3")
     transcoders = random_transcoders(model)
@@ -92,6 +92,6 @@ def test_stats_give_hover_tokens_and_clicks_open_the_feature_inspector():
 
 
 def _resid_sae(model):
-    from gsnb.sae import JumpReLUSAE, SAEConfig
+    from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
     return JumpReLUSAE(SAEConfig(d_in=model.d_model, d_sae=8, site_in="resid_post.0"))

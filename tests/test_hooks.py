@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gsnb.hooks import count_hooks
+from gsnb.core.hooks import count_hooks
 
 
 def test_capturing_every_site_changes_no_logits(model):

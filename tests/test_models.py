@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_hf, tiny_tokenizer
 
 import gsnb
-from gsnb.models import Model
+from gsnb.core.model import Model
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_float_tokens_are_refused(gemma3):
 
 
 def test_publishing_the_converted_model_is_safe_when_two_processes_race(tmp_path):
-    from gsnb.models import publish_dir
+    from gsnb.core.model import publish_dir
 
     target = tmp_path / "model"
     first, second = tmp_path / "tmp1", tmp_path / "tmp2"

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.numpy import save as safetensors_bytes
 
-from gsnb.releases import list_releases, list_sae_ids, load_sae
-from gsnb.sae import JumpReLUSAE
+from gsnb.saes.releases import list_releases, list_sae_ids, load_sae
+from gsnb.saes.sae import JumpReLUSAE
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 D_IN, D_SAE, WIDTH = 32, 1024, "1k"  # "1k" = 1024 features, as "16k" = 16384
@@ -212,7 +212,7 @@ def test_file_whose_width_disagrees_with_its_id_is_refused(hub):
 
 
 def test_width_labels_name_powers_of_two():
-    from gsnb.releases import _width
+    from gsnb.saes.releases import _width
 
     labels = {"1k": 1024, "4k": 4096, "16k": 16384, "32k": 32768, "65k": 65536, "131k": 131072,
               "262k": 262144, "524k": 524288, "1m": 1048576, "48": 48}  # fmt: skip
@@ -340,7 +340,7 @@ def test_repo_id_works_as_release_and_hf_home_redirects_the_cache(tmp_path, monk
 
 
 def test_local_folder_works_as_a_release(tmp_path, gemma3):
-    from gsnb.sae import SAEConfig
+    from gsnb.saes.sae import SAEConfig
 
     suite = tmp_path / "suite"
     sae = JumpReLUSAE(

@@ -10,7 +10,7 @@ import torch
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 
-from gsnb.sae import JumpReLUSAE, SAEConfig
+from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
 D_IN, D_SAE = 32, 48
 

@@ -9,9 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gsnb.hooks import count_hooks
-from gsnb.sae import JumpReLUSAE, SAEConfig
-from gsnb.steering import (
+from gsnb.analysis.steering import (
     Ablate,
     Add,
     Clamp,
@@ -21,6 +19,8 @@ from gsnb.steering import (
     intervene,
     steering_vector,
 )
+from gsnb.core.hooks import count_hooks
+from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
 TEXT = "the cat sat on the mat . a dog ran to the park"
 PROMPT = "the cat sat on the mat"

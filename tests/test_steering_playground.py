@@ -10,9 +10,9 @@ import torch
 from conftest import tiny_model
 from test_steering import TEXT, random_sae
 
-from gsnb.hooks import count_hooks
-from gsnb.steering import Add, compare, strength_sweep
-from gsnb.widgets import SteeringPlayground
+from gsnb.analysis.steering import Add, compare, strength_sweep
+from gsnb.core.hooks import count_hooks
+from gsnb.viz.widgets import SteeringPlayground
 
 PROMPT = "the cat sat on the"
 SITE = "resid_post.1"
@@ -26,7 +26,7 @@ def setup():
 
 def independent_probs(model, sae, feature, strength, words, scale=1.0):
     """``[len(words)]`` next-token probabilities with ``strength * scale * W_dec[feature]``
-    added at every position of ``SITE`` by a plain hook (no gsnb.steering code)."""
+    added at every position of ``SITE`` by a plain hook (no gsnb.analysis.steering code)."""
     delta = strength * scale * sae.W_dec[feature]
     with torch.no_grad(), model.hooks({SITE: lambda x: x + delta}):
         probs = model(PROMPT)[0, -1].float().softmax(-1)
@@ -84,7 +84,7 @@ def test_strength_sweep_takes_token_ids_and_matches_a_plain_hook(setup):
 
 
 def test_with_stats_strength_counts_max_activations_and_search_finds_top_tokens(setup):
-    features = pytest.importorskip("gsnb.features")
+    features = pytest.importorskip("gsnb.analysis.features")
     model, sae = setup
     tokens = model.to_tokens([TEXT, "a dog sat on the mat . the cat ran"])
     stats = features.feature_stats(model, sae, tokens, k=3, progress=False)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_steering import random_sae
 
-from gsnb import token_views
-from gsnb.hooks import count_hooks
+from gsnb.core.hooks import count_hooks
+from gsnb.viz import token_views
 
 TEXT = "the cat sat on the mat"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gsnb.jumprelu import (
+from gsnb.saes.jumprelu import (
     Params,
     SAETrainer,
     jumprelu,
@@ -21,7 +21,7 @@ from gsnb.jumprelu import (
     reference_loss,
     step,
 )
-from gsnb.train import TrainConfig, target_sites, train_sae, train_suite
+from gsnb.saes.train import TrainConfig, target_sites, train_sae, train_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -186,7 +186,7 @@ def test_transcoder_reads_mlp_in_and_writes_mlp_out(gemma3):
 
 
 def test_trains_from_an_activation_store(gemma3, tmp_path):
-    from gsnb.cache import ActivationStore, cache_activations
+    from gsnb.saes.activations import ActivationStore, cache_activations
 
     tokens = torch.randint(4, 70, (8, 16))
     tokens[:, 0] = 2
@@ -248,7 +248,7 @@ import json, sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 from test_train import suite_batches, SUITE_SITES, suite_config
-from gsnb.train import train_suite
+from gsnb.saes.train import train_suite
 result = train_suite(None, SUITE_SITES, suite_config(), suite_batches())
 if int(__import__("os").environ["RANK"]) == 0:
     result.save({out!r})
@@ -281,8 +281,8 @@ def free_port() -> int:
 
 
 def test_two_processes_share_the_sites_and_match_one_process(tmp_path):
-    from gsnb.sae import JumpReLUSAE
-    from gsnb.train import suite_id
+    from gsnb.saes.sae import JumpReLUSAE
+    from gsnb.saes.train import suite_id
 
     one = train_suite(None, SUITE_SITES, suite_config(), suite_batches())
     assert set(one.ranks.values()) == {0}
@@ -318,8 +318,8 @@ def test_two_processes_share_the_sites_and_match_one_process(tmp_path):
 
 
 def test_small_suite_trains_once_then_loads_from_the_cache(gemma3, tmp_path, monkeypatch):
-    import gsnb.train
-    from gsnb.suites import small_suite
+    import gsnb.saes.train
+    from gsnb.saes.suites import small_suite
 
     monkeypatch.setenv("GSNB_CACHE", str(tmp_path))
     cfg = TrainConfig(d_sae=16, batch_size=64, n_tokens=6 * 64, seq_len=16, progress=False)
@@ -331,7 +331,7 @@ def test_small_suite_trains_once_then_loads_from_the_cache(gemma3, tmp_path, mon
         "transcoder_all/layer_1_width_16_l0_small",
     ]
 
-    from gsnb.releases import load_sae
+    from gsnb.saes.releases import load_sae
 
     suite_dir = next(tmp_path.glob("suites/*"))
     loaded = load_sae(suite_dir, "transcoder_all/layer_1_width_16_l0_small")
@@ -341,7 +341,7 @@ def test_small_suite_trains_once_then_loads_from_the_cache(gemma3, tmp_path, mon
     def no_training(*args, **kwargs):
         raise AssertionError("the second call must load the cached suite")
 
-    monkeypatch.setattr(gsnb.train, "train_suite", no_training)
+    monkeypatch.setattr(gsnb.saes.train, "train_suite", no_training)
     again = small_suite(gemma3, kinds=("resid_post", "transcoder"), layers=[1], cfg=cfg)
     for name, sae in first.saes.items():
         assert torch.equal(again.saes[name].W_dec, sae.W_dec)

@@ -78,6 +78,6 @@ def tiny_hf(arch: str = "gemma3", n_layers: int = 3, seed: int = 0):
 
 
 def tiny_model(arch: str = "gemma3", n_layers: int = 3, seed: int = 0):
-    from gsnb.models import Model
+    from gsnb.core.model import Model
 
     return Model(tiny_hf(arch, n_layers, seed), tiny_tokenizer(), f"tiny-{arch}")

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from gsnb.models import Model
-from gsnb.sae import JumpReLUSAE
+from gsnb.core.model import Model
+from gsnb.saes.sae import JumpReLUSAE
 
 
 def feature_activations(model: Model, sae: JumpReLUSAE, text: str, features: int | Sequence[int]):
@@ -23,7 +23,7 @@ def feature_activations(model: Model, sae: JumpReLUSAE, text: str, features: int
     One feature gives a single coloured line; several give one colouring per feature, picked by
     buttons. Values are ``sae.encode`` of the SAE's input site, ``[pos]`` per feature.
 
-    >>> gsnb.token_views.feature_activations(model, sae, "The cat sat on the mat", [12, 40])
+    >>> gsnb.viz.token_views.feature_activations(model, sae, "The cat sat on the mat", [12, 40])
     """
     from circuitsvis.tokens import colored_tokens, colored_tokens_multi
 
@@ -44,7 +44,7 @@ def feature_activations(model: Model, sae: JumpReLUSAE, text: str, features: int
 def attention_patterns(model: Model, text: str, layer: int, heads: Sequence[int] | None = None):
     """The attention patterns of ``layer``'s heads on ``text`` (query rows, key columns).
 
-    >>> gsnb.token_views.attention_patterns(model, "The cat sat on the mat", layer=3)
+    >>> gsnb.viz.token_views.attention_patterns(model, "The cat sat on the mat", layer=3)
     """
     from circuitsvis.attention import attention_heads
 

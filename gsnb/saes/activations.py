@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gsnb.data import special_token_ids
+from gsnb.core.data import special_token_ids
 
 FORMAT = "gsnb-activations-1"
 SHARD_TOKENS = 32768
@@ -208,7 +208,9 @@ def _to_host(acts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _check_tokens(tokens) -> torch.Tensor:
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
-        raise ValueError("tokens must be an integer tensor [n_windows, seq_len] (see gsnb.data)")
+        raise ValueError(
+            "tokens must be an integer tensor [n_windows, seq_len] (see gsnb.core.data)"
+        )
     return tokens.detach().to("cpu", torch.int64).contiguous()
 
 
@@ -245,7 +247,7 @@ def cache_activations(
 
     Args:
         model: a :class:`gsnb.Model`.
-        tokens: ``[n_windows, seq_len]`` token ids, for example from :func:`gsnb.data.default_tokens`.
+        tokens: ``[n_windows, seq_len]`` token ids, for example from :func:`gsnb.core.data.default_tokens`.
         sites: site strings such as ``["mlp_in.6", "mlp_out.6"]`` (stored in forward order).
         out_dir: folder to create (or resume); it ends up as described in this module's docstring.
         batch_size: windows per forward pass.

@@ -6,7 +6,7 @@ decoder rows of unit norm; encoder initialised to the decoder's transpose; thres
 kernel bandwidth 0.001; Adam with beta1 = 0, beta2 = 0.999; a linearly warmed-up sparsity
 coefficient; batches of 4,096 tokens without BOS; float32. The recipe leaves the encoder bias
 open; gsnb starts it so about 100 features fire per token (``TrainConfig.init_l0``), which makes
-every step sparse from the first. The maths of one step lives in :mod:`gsnb.jumprelu`.
+every step sparse from the first. The maths of one step lives in :mod:`gsnb.saes.jumprelu`.
 
 A suite trains many SAEs from the same batches, so one forward pass of the model feeds them all;
 under ``torchrun`` each process trains a round-robin share of the sites and every process ends
@@ -28,11 +28,11 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from gsnb.checkpoints import read_checkpoint, write_checkpoint
-from gsnb.distributed import broadcast_saes, init_from_env
-from gsnb.jumprelu import SAETrainer
-from gsnb.sae import JumpReLUSAE, SAEConfig
-from gsnb.sites import parse_site
+from gsnb.core.sites import parse_site
+from gsnb.saes.checkpoints import read_checkpoint, write_checkpoint
+from gsnb.saes.distributed import broadcast_saes, init_from_env
+from gsnb.saes.jumprelu import SAETrainer
+from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
 
 @dataclass
@@ -94,7 +94,7 @@ class TrainConfig:
     ``None`` starts at zero."""
     sparse_step: bool | None = None
     """Force the sparse (``True``) or dense (``False``) step; ``None`` chooses per step by the
-    share of near-threshold entries (see :func:`gsnb.jumprelu.loss_and_grads`)."""
+    share of near-threshold entries (see :func:`gsnb.saes.jumprelu.loss_and_grads`)."""
     log_every: int = 10
     """Record a :class:`StepMetrics` every this many steps (and at the last)."""
     progress: bool = True
@@ -194,8 +194,8 @@ def _batches(model, sites: list[str], cfg: TrainConfig, data) -> Iterator[dict[s
     if data is None:
         if model is None:
             raise ValueError("train without data needs a model to stream activations from")
-        from gsnb.cache import ActivationStore
-        from gsnb.data import default_tokens
+        from gsnb.core.data import default_tokens
+        from gsnb.saes.activations import ActivationStore
 
         n_windows = math.ceil(cfg.n_tokens * 1.05 / (cfg.seq_len - 1)) + 1
         tokens = default_tokens(model, n_windows, cfg.seq_len, progress=cfg.progress)

@@ -9,9 +9,9 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from gsnb.files import atomic_write
-from gsnb.sae import JumpReLUSAE
-from gsnb.train import (
+from gsnb.core.files import atomic_write
+from gsnb.saes.sae import JumpReLUSAE
+from gsnb.saes.train import (
     _GS2_FOLDERS,
     StepMetrics,
     SuiteResult,
@@ -30,20 +30,20 @@ def small_suite(
     progress: bool = True,
 ) -> SuiteResult:
     """A small suite for ``model`` (default: the embedded Gemma 3 270M), trained on first use on
-    the offline corpus (:func:`gsnb.data.default_tokens`) and cached, so later calls load it.
+    the offline corpus (:func:`gsnb.core.data.default_tokens`) and cached, so later calls load it.
 
     ``kinds`` are among ``resid_post``, ``attn_out``, ``mlp_out`` and ``transcoder``; ``layers``
     is ``"all"``, an int or ints. The default ``cfg`` (4,096 features, 2^18 tokens in batches of
     1,024, encoder biases started so ~100 features fire, which keeps every step sparse) ends near
     L0 10-20 ("small") and takes minutes per layer on a laptop CPU, seconds on a GPU.
-    The suite lives in ``gsnb.models.cache_root()/suites/<hash>``, the hash covering the model
+    The suite lives in ``gsnb.core.model.cache_root()/suites/<hash>``, the hash covering the model
     name, the targets, the :class:`TrainConfig` and the data; each SAE is saved there in Gemma
     Scope 2's layout (see :func:`suite_id`), so ``gsnb.load_sae(folder, id)`` reads it too.
 
     >>> suite = gsnb.small_suite(kinds=("resid_post", "transcoder"), layers=[3, 6])
     >>> suite.saes["transcoder.6"]
     """
-    from gsnb.models import cache_root, load_model
+    from gsnb.core.model import cache_root, load_model
 
     model = model if model is not None else load_model(device="cpu")
     cfg = cfg or TrainConfig(
@@ -62,7 +62,7 @@ def small_suite(
         "model": model.name,
         "targets": targets,
         "cfg": config_identity(cfg),
-        "data": "gsnb.data.default_tokens",
+        "data": "gsnb.core.data.default_tokens",
     }
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root() / "suites" / digest

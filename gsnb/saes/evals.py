@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from gsnb.sae import JumpReLUSAE
+from gsnb.saes.sae import JumpReLUSAE
 
 
 @dataclass(frozen=True)
@@ -100,9 +100,9 @@ def evaluate(
     Args:
         model: a :class:`gsnb.Model`.
         sae_or_suite: a :class:`JumpReLUSAE`; or a mapping ``{name: sae}``, a list of SAEs, or a
-            :class:`gsnb.train.SuiteResult` (then the clean forward pass is shared by all).
+            :class:`gsnb.saes.train.SuiteResult` (then the clean forward pass is shared by all).
         tokens: ``[n_windows, seq_len]`` token ids (BOS first), e.g. from
-            :func:`gsnb.data.default_tokens`.
+            :func:`gsnb.core.data.default_tokens`.
         batch_size: windows per forward pass.
 
     Returns:
@@ -111,13 +111,13 @@ def evaluate(
     >>> r = evaluate(model, sae, tokens)
     >>> r.delta_loss, r["fvu"]
     """
-    from gsnb.data import special_token_mask
+    from gsnb.core.data import special_token_mask
 
     saes, single = _as_named(sae_or_suite)
     if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
         raise ValueError(
             f"tokens must be integer ids [n_windows, seq_len], got {tokens.dtype} "
-            f"{tuple(tokens.shape)}: tokenise with gsnb.data.token_windows"
+            f"{tuple(tokens.shape)}: tokenise with gsnb.core.data.token_windows"
         )
     if tokens.shape[1] < 2:
         raise ValueError("windows need at least 2 tokens to score next-token predictions")

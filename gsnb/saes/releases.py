@@ -28,8 +28,8 @@ from typing import NamedTuple
 
 import torch
 
-from gsnb.clt import CrossLayerTranscoder
-from gsnb.sae import JumpReLUSAE
+from gsnb.saes.clt import CrossLayerTranscoder
+from gsnb.saes.sae import JumpReLUSAE
 
 
 class ReleaseInfo(NamedTuple):
@@ -158,7 +158,7 @@ def load_sae(
     >>> sae.site_in
     'resid_post.12'
     """
-    from gsnb.models import default_device
+    from gsnb.core.model import default_device
 
     folder = _local_folder(release)
     if folder is not None:

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gsnb import hooks as _hooks
-from gsnb.kv_cache import cache_argument, find_cache
-from gsnb.sites import KINDS, Site, parse_site, site_names
-from gsnb.steering import intervene as _intervene
+from gsnb.analysis.steering import intervene as _intervene
+from gsnb.core import hooks as _hooks
+from gsnb.core.kv_cache import cache_argument, find_cache
+from gsnb.core.sites import KINDS, Site, parse_site, site_names
 
 EMBEDDED_NAME = "gemma-3-270m-q4km"
 """The embedded default's name: Gemma 3 270M dequantised from its Q4_K_M GGUF (not the original
@@ -176,7 +176,7 @@ class Model:
         if longest > self.context_length:
             raise ValueError(
                 f"text is {longest} tokens but the model's context is {self.context_length}; "
-                "shorten it or split it into windows with gsnb.data.token_windows"
+                "shorten it or split it into windows with gsnb.core.data.token_windows"
             )
         pad = self.tokenizer.pad_token_id or 0
         out = torch.full((len(ids), longest), pad, dtype=torch.long)
@@ -359,5 +359,5 @@ def load_model(
 
 
 if __name__ == "__main__":
-    # `python -m gsnb.models` prepares the embedded model once (used by `make lab`/`make test`).
+    # `python -m gsnb.core.model` prepares the embedded model once (used by `make lab`/`make test`).
     print(f"embedded model ready at {prepare_embedded_model()}")

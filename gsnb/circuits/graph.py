@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from gsnb.files import atomic_write
+from gsnb.core.files import atomic_write
 
 _TENSORS = (
     "prompt_tokens",
@@ -259,8 +259,8 @@ class Graph:
 
     def intervene(self, interventions, freeze_attention: bool = True):
         """Scale features ``[(layer, pos, feature, factor), ...]``; returns the measured and the
-        predicted change of the logit nodes (see :func:`gsnb.circuits.intervene`)."""
-        from gsnb.circuits import intervene
+        predicted change of the logit nodes (see :func:`gsnb.circuits.tracing.intervene`)."""
+        from gsnb.circuits.tracing import intervene
 
         return intervene(self, interventions, freeze_attention)
 
@@ -314,7 +314,7 @@ class Graph:
     ) -> Path:
         """Write the graph in circuit-tracer's JSON schema (``metadata``, ``qParams``, ``nodes``,
         ``links``) for its frontend and Neuronpedia."""
-        from gsnb.graph_json import graph_to_json
+        from gsnb.circuits.graph_json import graph_to_json
 
         Path(path).write_text(json.dumps(graph_to_json(self, slug, scan)))
         return Path(path)

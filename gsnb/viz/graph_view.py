@@ -9,9 +9,9 @@ from pathlib import Path
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-from gsnb import plots
-from gsnb.sites import parse_site
-from gsnb.widgets import FeatureInspector, _top_tokens
+from gsnb.core.sites import parse_site
+from gsnb.viz import plots
+from gsnb.viz.widgets import FeatureInspector, _top_tokens
 
 
 class GraphView:

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from gsnb.sae import JumpReLUSAE, SAEConfig
+from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
 
 def init_from_env(device_hint: str | None) -> tuple[int, int, bool]:

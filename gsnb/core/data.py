@@ -118,7 +118,7 @@ def hub_dataset(
     except ImportError as err:
         raise ImportError(
             f"hub_dataset({name!r}) needs the 'datasets' package: pip install datasets "
-            "(or use gsnb.data.offline_corpus() / read_texts() offline)"
+            "(or use gsnb.core.data.offline_corpus() / read_texts() offline)"
         ) from err
     rows = datasets.load_dataset(name, config, split=split, streaming=True)
     for i, row in enumerate(rows):

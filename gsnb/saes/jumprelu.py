@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import torch
 
-from gsnb.sae import JumpReLUSAE, SAEConfig
+from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
 
 def rectangle(u: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from gsnb.sites import Site
+from gsnb.core.sites import Site
 
 HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 """A site hook: takes the site's value ``[batch, pos, width]``; returns a replacement of the same

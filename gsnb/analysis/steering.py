@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 
-from gsnb.hooks import HookFn
-from gsnb.kv_cache import cached_length, find_cache
+from gsnb.core.hooks import HookFn
+from gsnb.core.kv_cache import cached_length, find_cache
 
 if TYPE_CHECKING:
-    from gsnb.models import Model
-    from gsnb.sae import JumpReLUSAE
+    from gsnb.core.model import Model
+    from gsnb.saes.sae import JumpReLUSAE
 
 Positions = str | int | slice | Sequence[int]
 """Where an intervention acts: ``"all"``, ``"generated"`` (tokens after the prompt), an index, a
@@ -39,7 +39,7 @@ newest token at every step."""
 
 
 class HasMaxActivation(Protocol):
-    """Anything with a ``max_activation [d_sae]`` tensor, such as ``gsnb.features.FeatureStats``."""
+    """Anything with a ``max_activation [d_sae]`` tensor, such as ``gsnb.analysis.features.FeatureStats``."""
 
     max_activation: torch.Tensor
 
@@ -449,7 +449,7 @@ def intervene(
             forward pass that began with an empty KV cache, so a plain forward pass has no
             generated tokens and ``model.hf.generate`` steers only what it generates.
 
-    >>> with gsnb.steering.intervene(model, [Ablate(sae, [12, 40])]):
+    >>> with gsnb.analysis.steering.intervene(model, [Ablate(sae, [12, 40])]):
     ...     logits = model("The cat sat on the")     # [batch, pos, vocab]
     """
     interventions = _as_list(interventions)
@@ -460,7 +460,7 @@ def intervene(
     for item in interventions:
         if not isinstance(item, (Add, Clamp, Ablate)):
             raise TypeError(
-                f"{type(item).__name__} is not an intervention: use gsnb.steering.Add, Clamp or "
+                f"{type(item).__name__} is not an intervention: use gsnb.analysis.steering.Add, Clamp or "
                 "Ablate"
             )
         for site, fn in item._site_fns(model, cursor).items():
@@ -689,7 +689,7 @@ def strength_sweep(
     ...                        [0, 2, 4, 8], [" park", " shop"])
     >>> plots.strength_sweep(sweep.strengths, dict(zip(sweep.tokens, sweep.probs.T.tolist())))
     """
-    from gsnb.attribution import _token_id
+    from gsnb.analysis.attribution import _token_id
 
     tokens = model._as_tokens(prompt)
     if tokens.shape[0] != 1:

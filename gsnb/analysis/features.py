@@ -5,7 +5,7 @@ peak), a random sample of firing tokens shown by activation quantile, a histogra
 activations, firing density, mean and max activation, and logit effects. The result,
 :class:`FeatureStats`, is plain data that ``plots``/``widgets`` draw.
 
-Positions holding control tokens (BOS, EOS, PAD: :func:`gsnb.data.special_token_mask`) are left
+Positions holding control tokens (BOS, EOS, PAD: :func:`gsnb.core.data.special_token_mask`) are left
 out of every statistic, as they are from SAE training data; contexts show them with activation 0.
 
 Memory: each kept example holds its window's per-token activations (float32), so the running
@@ -30,9 +30,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from gsnb.data import special_token_mask
-from gsnb.files import atomic_write
-from gsnb.sae import JumpReLUSAE
+from gsnb.core.data import special_token_mask
+from gsnb.core.files import atomic_write
+from gsnb.saes.sae import JumpReLUSAE
 
 FORMAT = "gsnb.feature_stats.v1"
 _CKPT = "feature_stats.ckpt.safetensors"
@@ -418,7 +418,7 @@ def _finish(model, sae, acc: _Accumulator, tokens: torch.Tensor, n_logits: int) 
     if int(st["n_tokens"]) == 0:
         raise ValueError(
             "the corpus holds only control tokens (BOS/EOS/PAD), so there is nothing to measure: "
-            "pass windows of text, for example gsnb.data.default_tokens(model, 256, 128)"
+            "pass windows of text, for example gsnb.core.data.default_tokens(model, 256, 128)"
         )
     examples = {}
     for name, descending in (("top", True), ("sample", False)):  # empty slots last either way
@@ -484,23 +484,25 @@ def feature_stats(
     Args:
         model: a :class:`gsnb.Model`.
         sae_or_saes: one SAE or transcoder, a list of them (keyed by ``site_in``) or a dict.
-        tokens: ``[n_windows, seq_len]`` token ids, e.g. from :func:`gsnb.data.default_tokens`.
+        tokens: ``[n_windows, seq_len]`` token ids, e.g. from :func:`gsnb.core.data.default_tokens`.
         out_dir: folder for a checkpoint written atomically every ``checkpoint_every`` batches
             and at the end; calling again with the same arguments resumes, with identical results.
 
     Returns:
         A :class:`FeatureStats`, or ``{name: FeatureStats}`` when given several SAEs.
 
-    >>> stats = feature_stats(model, sae, gsnb.data.default_tokens(model, 1024, 128))
+    >>> stats = feature_stats(model, sae, gsnb.core.data.default_tokens(model, 1024, 128))
     >>> stats.top_examples(123)[0].str_tokens
     """
     saes = _as_dict(sae_or_saes)
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
-        raise ValueError("tokens must be an integer tensor [n_windows, seq_len] (see gsnb.data)")
+        raise ValueError(
+            "tokens must be an integer tensor [n_windows, seq_len] (see gsnb.core.data)"
+        )
     if 0 in tokens.shape:
         raise ValueError(
             f"tokens has shape {tuple(tokens.shape)}: the corpus is empty; pass some windows, "
-            "for example gsnb.data.default_tokens(model, 256, 128)"
+            "for example gsnb.core.data.default_tokens(model, 256, 128)"
         )
     sizes = {"k": k, "n_quantile_samples": n_quantile_samples, "n_bins": n_bins,
              "batch_size": batch_size, "checkpoint_every": checkpoint_every}  # fmt: skip
@@ -619,7 +621,7 @@ def feature_activations(model, sae: JumpReLUSAE, text: str, feature: int | None 
 
 def to_html(stats: FeatureStats, path: str | os.PathLike, features: Sequence[int]) -> Path:
     """Write a self-contained page (plotly.js inlined; no network) of ``features``' panels."""
-    from gsnb.plots import feature_page_html  # plots imports nothing from here at import time
+    from gsnb.viz.plots import feature_page_html  # plots imports nothing from here at import time
 
     Path(path).write_text(feature_page_html(stats, features), encoding="utf-8")
     return Path(path)

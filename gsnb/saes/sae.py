@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gsnb.files import atomic_write
-from gsnb.sites import KINDS, Site, parse_site
+from gsnb.core.files import atomic_write
+from gsnb.core.sites import KINDS, Site, parse_site
 
 _GS2_KEYS = {
     "w_enc": "W_enc",

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from gsnb.files import atomic_write
+from gsnb.core.files import atomic_write
 
 _LAYER_FILE = re.compile(r"params_layer_(\d+)\.safetensors")
 

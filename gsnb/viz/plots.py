@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 import torch
 
-from gsnb.sites import parse_site
+from gsnb.core.sites import parse_site
 
 
 def activation_norms(
@@ -193,7 +193,7 @@ def training_curves(history, title: str = "Training") -> go.Figure:
     """L0 and FVU against step, one line per SAE.
 
     Args:
-        history: a list of :class:`gsnb.train.StepMetrics`, or ``{name: list}`` for a suite.
+        history: a list of :class:`gsnb.saes.train.StepMetrics`, or ``{name: list}`` for a suite.
     """
     from plotly.subplots import make_subplots
 
@@ -302,7 +302,7 @@ def strength_sweep(
     Args:
         strengths: the ``n`` strengths tried.
         probs_by_token: ``{legend label: [n] probabilities}``, e.g. from
-            :func:`gsnb.steering.strength_sweep` as ``dict(zip(sweep.tokens, sweep.probs.T))``.
+            :func:`gsnb.analysis.steering.strength_sweep` as ``dict(zip(sweep.tokens, sweep.probs.T))``.
         mark: a strength to mark with a dashed vertical line (the one in use).
     """
     fig = go.Figure()

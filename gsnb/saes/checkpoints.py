@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from gsnb.files import atomic_write
+from gsnb.core.files import atomic_write
 
 CHECKPOINT_FORMAT = "gsnb-train-1"
 

@@ -3,7 +3,7 @@
 The local replacement model swaps every MLP for a transcoder, freezes the attention patterns and
 the RMSNorm scales at their values on the prompt, and adds an error node per (layer, position)
 holding ``true mlp_out - transcoder output``; it reproduces the model's logits on that prompt.
-The transcoders are one per layer or a cross-layer transcoder (:mod:`gsnb.clt`), whose features
+The transcoders are one per layer or a cross-layer transcoder (:mod:`gsnb.saes.clt`), whose features
 write every later layer's MLP output too; both go through the same code.
 With those parts frozen, every transcoder feature's pre-activation and every logit is a linear
 function of what the embeddings, the active features and the error nodes write into the
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from gsnb.clt import CrossLayerTranscoder, PerLayerTranscoders, reconstruct
-from gsnb.graph import Graph
-from gsnb.hooks import capture_fns
+from gsnb.circuits.graph import Graph
+from gsnb.core.hooks import capture_fns
+from gsnb.saes.clt import CrossLayerTranscoder, PerLayerTranscoders, reconstruct
 
 
 @dataclass

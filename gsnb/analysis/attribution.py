@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from gsnb.steering import _check_device, _check_features, _check_sae
+from gsnb.analysis.steering import _check_device, _check_features, _check_sae
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from gsnb.models import Model
-    from gsnb.sae import JumpReLUSAE
+    from gsnb.core.model import Model
+    from gsnb.saes.sae import JumpReLUSAE
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
 """A function from logits ``[batch, pos, vocab]`` to a scalar tensor (differentiable)."""

@@ -1,4 +1,4 @@
-"""ipywidgets views built from :mod:`gsnb.plots`: controls and wiring only, no maths."""
+"""ipywidgets views built from :mod:`gsnb.viz.plots`: controls and wiring only, no maths."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 import torch
 
-from gsnb import plots
+from gsnb.viz import plots
 
 
 def _sae_dict(saes) -> dict:
@@ -90,12 +90,12 @@ class SteeringPlayground:
     The button adds ``strength * W_dec[feature]`` at the SAE's output site at every position
     (:class:`gsnb.Add`); with stats, ``strength`` counts multiples of the feature's largest
     activation seen in the corpus. Completions come from :func:`gsnb.compare` (greedy); the
-    sweep from :func:`gsnb.steering.strength_sweep` over the slider's range, for the target
+    sweep from :func:`gsnb.analysis.steering.strength_sweep` over the slider's range, for the target
     words (each given a leading space, as words have mid-sentence). Errors show as a message.
 
     Args:
         saes: a dict name -> SAE (such as ``suite.saes``), a list of SAEs, or one SAE.
-        stats: a :class:`gsnb.features.FeatureStats`, or a dict name -> FeatureStats; enables the
+        stats: a :class:`gsnb.analysis.features.FeatureStats`, or a dict name -> FeatureStats; enables the
             feature search and strengths in multiples of the max activation.
         max_strength: the slider spans ``[-max_strength, max_strength]`` (default 10 with stats,
             100 raw).
@@ -215,14 +215,14 @@ class SteeringPlayground:
             self.feature.value = change["new"]
 
     def _intervention(self, strength: float):
-        from gsnb.steering import Add
+        from gsnb.analysis.steering import Add
 
         sae = self.saes[self.sae_picker.value]
         return Add(sae.site_out, (sae, self.feature.value), strength, stats=self._stats())
 
     def run(self) -> None:
         """Steer the prompt with the chosen feature and strength; fill completions and sweep."""
-        from gsnb.steering import compare, strength_sweep
+        from gsnb.analysis.steering import compare, strength_sweep
 
         self.comparison, self.sweep = None, None
         self.completions.value = ""
@@ -424,7 +424,7 @@ class FeatureInspector:
 
     def color_text(self, text: str | None = None) -> None:
         """Colour ``text`` (default: the text box) by the current feature's activation."""
-        from gsnb.features import feature_activations
+        from gsnb.analysis.features import feature_activations
 
         if text is not None:
             self.text.value = text
@@ -508,7 +508,7 @@ class PromptInspector:
 
     def run(self, prompt: str | None = None) -> None:
         """Encode the prompt with every SAE; fill the heatmap, the table and the dropdown."""
-        from gsnb.features import feature_activations
+        from gsnb.analysis.features import feature_activations
 
         if prompt is not None:
             self.prompt.value = prompt

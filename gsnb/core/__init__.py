@@ -1,0 +1,1 @@
+"""Bottom layer: sites and hooks, the model and its Gemma adapter, text data, files."""
