@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml $(LOCK) | $(PY)
 install: $(STAMP)
 
 model: install
-	$(PY) -m gsnb.core.model
+	$(PY) -m gsnb
 
 lab: model
 	$(VENV)/bin/jupyter lab --notebook-dir=tutorials \

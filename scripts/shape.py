@@ -1,9 +1,14 @@
-"""Print the package's shape: import cycles, modules over 400 lines, functions over 80 lines.
+"""Print the package's shape: import cycles, imports that point up the layers, modules over 400
+lines, functions over 80 lines.
 
 Reads the source only (nothing is imported). Imports inside functions count too: a cycle that
 is broken only by importing late is still a cycle in the design.
 
-Usage: ``python scripts/shape.py [package_dir]`` (default ``gsnb``). Exits 1 if it finds a cycle.
+Layers, lowest first: ``core``, ``saes``, ``analysis``, ``circuits``, ``viz``; a module may import
+its own layer and the ones below (type-only imports count too).
+
+Usage: ``python scripts/shape.py [package_dir]`` (default ``gsnb``). Exits 1 if it finds a cycle
+or an upward import.
 """
 
 from __future__ import annotations
@@ -14,6 +19,12 @@ from pathlib import Path
 
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
+LAYERS = ("core", "saes", "analysis", "circuits", "viz")
+
+
+def layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -91,6 +102,15 @@ def main(root: Path) -> int:
     print(f"import cycles: {len(found)}")
     for component in found:
         print("  " + " <-> ".join(component))
+    upward = [
+        f"  {name} -> {target}"
+        for name, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if layer_of(name) is not None
+        and layer_of(target) is not None
+        and layer_of(target) > layer_of(name)
+    ]
+    print(f"imports up the layers: {len(upward)}", *upward, sep="\n")
     long_modules = []
     long_functions = []
     for path in paths:
@@ -109,7 +129,7 @@ def main(root: Path) -> int:
         *long_functions,
         sep="\n",
     )
-    return 1 if found else 0
+    return 1 if found or upward else 0
 
 
 if __name__ == "__main__":

@@ -356,8 +356,3 @@ def load_model(
             f"default, gsnb.load_model(). Cause: {err}"
         ) from err
     return Model(hf.to(device), tokenizer, label)
-
-
-if __name__ == "__main__":
-    # `python -m gsnb.core.model` prepares the embedded model once (used by `make lab`/`make test`).
-    print(f"embedded model ready at {prepare_embedded_model()}")
