@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 
 from gsnb import plots
 from gsnb.sites import parse_site
-from gsnb.widgets import FeatureInspector, _top_tokens
+from gsnb.widgets import FeatureInspector
 
 
 class GraphView:
@@ -205,7 +205,7 @@ def _with_top_tokens(graph, stats: dict, labels: dict[int, str]) -> dict[int, st
     for layer, st in stats.items():
         nodes = (graph.features[:, 0] == layer).nonzero().flatten().tolist()
         feats = graph.features[nodes, 2].tolist()
-        fires, promotes = _top_tokens(st, feats)
+        fires, promotes = st.top_tokens(feats)
         for node, fire, promote in zip(nodes, fires, promotes, strict=True):
             parts = [out[node]] if node in out else []
             if fire:
