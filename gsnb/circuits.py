@@ -425,6 +425,7 @@ def trace(
         logit_strings=[model.tokenizer.decode([int(t)]) for t in logit_ids],
         adjacency=adjacency,
         transcoder_ids=stack.transcoder_ids(),
+        neuronpedia_ids=stack.neuronpedia_ids(),
         n_active_features=n_feat,
     )
     graph.context = TraceContext(model, stack, rm)

@@ -291,11 +291,8 @@ def test_json_follows_circuit_tracers_schema(traced, tmp_path):
             assert isinstance(node[key], kind), (key, node)
         assert node["influence"] is None or isinstance(node["influence"], float)
     ids = {node["node_id"] for node in data["nodes"]}
-    # circuit-tracer names error nodes "0_{layer}_{pos}", which layer-0 features can share.
-    non_error = [
-        n["node_id"] for n in data["nodes"] if n["feature_type"] != "mlp reconstruction error"
-    ]
-    assert len(set(non_error)) == len(non_error)
+    assert len(ids) == len(data["nodes"])
+    assert len({node["jsNodeId"] for node in data["nodes"]}) == len(data["nodes"])
     for link in data["links"]:
         assert link["source"] in ids and link["target"] in ids and isinstance(link["weight"], float)
     kinds = {node["feature_type"] for node in data["nodes"]}
@@ -306,7 +303,10 @@ def test_json_follows_circuit_tracers_schema(traced, tmp_path):
 def test_save_load_round_trips(traced, tmp_path):
     _, _, graph = traced
     graph.group("first", [0, 1])
+    graph.labels = {1: "a label"}
     loaded = Graph.load(graph.save(tmp_path / "g"))
+    assert loaded.labels == {1: "a label"}
+    assert loaded.neuronpedia_ids == graph.neuronpedia_ids == [None] * graph.n_layers
     for name in ("prompt_tokens", "features", "activations", "logit_tokens", "adjacency"):
         assert torch.equal(getattr(loaded, name), getattr(graph, name))
     assert loaded.supernodes == {"first": [0, 1]}
