@@ -269,12 +269,13 @@ class Graph:
                 frontier.append((score * float(weights[source]), [source, *path]))
         return paths
 
-    def intervene(self, interventions, freeze_attention: bool = True):
-        """Scale features ``[(layer, pos, feature, factor), ...]``; returns the measured and the
-        predicted change of the logit nodes (see :func:`gsnb.circuits.intervene`)."""
+    def intervene(self, interventions, freeze_attention: bool = True, mode: str = "scale"):
+        """Scale features ``[(layer, pos, feature, factor), ...]``, or with ``mode="set"`` set
+        them to values, as circuit-tracer does; returns the measured and the predicted change
+        of the output nodes (see :func:`gsnb.circuits.intervene`)."""
         from gsnb.circuits import intervene
 
-        return intervene(self, interventions, freeze_attention)
+        return intervene(self, interventions, freeze_attention, mode)
 
     # --- supernodes -----------------------------------------------------------------------------
 

@@ -64,10 +64,14 @@ def make_transcoders(model, kind: str):
     return random_transcoders(model) if kind == "per-layer" else random_clt(model)
 
 
-@pytest.fixture(
+CONFIGS = dict(
     params=[("gemma3", "per-layer"), ("gemma2", "per-layer"), ("gemma3", "clt")],
     ids=lambda p: "-".join(p),
 )
+"""Fixture parameters: the architectures and transcoder kinds graphs are traced with."""
+
+
+@pytest.fixture(**CONFIGS)
 def traced(request):
     arch, kind = request.param
     model = tiny_model(arch)
@@ -76,10 +80,13 @@ def traced(request):
     return model, transcoders, graph
 
 
-def target_values(rm: ReplacementModel, graph: Graph, source_scale: torch.Tensor) -> torch.Tensor:
-    """Every target's input (feature pre-activations, demeaned logits before soft-capping) with
-    each source's contribution multiplied by ``source_scale`` — by autograd-able forward code,
-    independent of the hand-written transpose that ``trace`` uses."""
+def target_values(
+    rm: ReplacementModel, graph: Graph, source_scale: torch.Tensor, outputs=None
+) -> torch.Tensor:
+    """Every target's input (feature pre-activations, then the output nodes: demeaned logits
+    before soft-capping, or ``outputs(final [d_model])`` of the last position's unembedding
+    input) with each source's contribution multiplied by ``source_scale`` — by autograd-able
+    forward code, independent of the hand-written transpose that ``trace`` uses."""
     frozen, n_feat, n_pos = rm.frozen, graph.n_features, graph.n_pos
     feat_scale = source_scale[:n_feat]
     err_scale = source_scale[n_feat : n_feat + graph.n_errors].view(graph.n_layers, n_pos)
@@ -109,6 +116,8 @@ def target_values(rm: ReplacementModel, graph: Graph, source_scale: torch.Tensor
             out = out + x @ stack.skip(layer)
         resid = resid_mid + out
     final = resid[-1] * frozen.norm_scales["final"][-1] * rm.g_final
+    if outputs is not None:
+        return torch.cat([preacts, outputs(final)])
     logits = final @ rm.W_U.T
     demeaned = logits[graph.logit_tokens] - logits.mean()
     return torch.cat([preacts, demeaned])
