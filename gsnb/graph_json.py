@@ -232,11 +232,15 @@ def graph_from_json(data: dict, source: str = "the graph") -> Graph:
     Tokens without an embedding node, and features without an ``activation``, read as -1 and
     NaN. Links whose ends are no node are dropped, as the frontends drop them; ids that appear
     twice (circuit-tracer's error ids can equal feature ids) warn, and their links go to the
-    last such node, as in the frontends.
+    last such node, as in the frontends. The file's ``scan`` becomes the graph's
+    ``model_name`` (Neuronpedia reads a scan as a model id); its metadata is kept in
+    ``file_metadata``.
     """
     from gsnb.graph import Graph
 
     missing = [key for key in ("metadata", "nodes", "links") if key not in data]
+    if not missing and "prompt_tokens" not in data["metadata"]:
+        missing = ["metadata.prompt_tokens"]
     if missing:
         raise ValueError(f"{source} is no circuit-tracer graph: it has no {missing}")
     meta, records = data["metadata"], data["nodes"]

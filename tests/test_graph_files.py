@@ -204,6 +204,9 @@ def test_reading_what_is_no_graph_says_so(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps({"nodes": [], "links": []}))
     with pytest.raises(ValueError, match=r"is no circuit-tracer graph: it has no \['metadata'\]"):
         Graph.from_json(tmp_path / "b.json")
+    (tmp_path / "c.json").write_text(json.dumps({"metadata": {}, "nodes": [], "links": []}))
+    with pytest.raises(ValueError, match=r"it has no \['metadata.prompt_tokens'\]"):
+        Graph.from_json(tmp_path / "c.json")
 
 
 def test_circuit_tracer_error_ids_that_equal_a_feature_id_warn(tmp_path):
@@ -212,8 +215,8 @@ def test_circuit_tracer_error_ids_that_equal_a_feature_id_warn(tmp_path):
                "feature_type": "cross layer transcoder", "activation": 1.0}  # fmt: skip
     error = {"node_id": "0_1_1", "feature": -1, "layer": "1", "ctx_idx": 1,
              "feature_type": "mlp reconstruction error"}  # fmt: skip
-    logit = {"node_id": "3_5_1", "feature": 5, "layer": "3", "ctx_idx": 1,
-             "feature_type": "logit", "token_prob": 1.0, "clerp": 'Output "q" (p=1.000)'}  # fmt: skip
+    logit = {"node_id": "3_5_1", "feature": 5, "layer": "3", "ctx_idx": 1, "token_prob": 1.0,
+             "feature_type": "logit", "clerp": 'Output "q" (p=1.000)'}  # fmt: skip
     link = {"source": "0_1_1", "target": "3_5_1", "weight": 1.0}
     data = {"metadata": meta, "nodes": [feature, error, logit], "links": [link]}
     (tmp_path / "g.json").write_text(json.dumps(data))
