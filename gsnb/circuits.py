@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from gsnb.clt import CrossLayerTranscoder, PerLayerTranscoders, reconstruct
 from gsnb.graph import Graph
 from gsnb.hooks import capture_fns
-from gsnb.targets import custom_targets, top_logits
+from gsnb.targets import Target, custom_targets, top_logits
 
 
 @dataclass
@@ -289,7 +289,7 @@ def trace(
     logit_prob: float = 0.95,
     batch_size: int = 64,
     progress: bool = True,
-    target=None,
+    target: Target | None = None,
 ) -> Graph:
     """Attribution graph of ``prompt`` through transcoders at every layer.
 

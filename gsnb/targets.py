@@ -15,7 +15,11 @@ from typing import NamedTuple
 
 import torch
 
-from gsnb.attribution import _LogitDiff, _TokenMetric
+from gsnb.attribution import Metric, _LogitDiff, _TokenMetric
+
+Target = Metric | torch.Tensor | Mapping[str, Metric | torch.Tensor]
+"""What ``trace(target=...)`` takes: :func:`gsnb.logit_diff`, a direction ``[d_model]``, or a
+dict label -> either."""
 
 
 class OutputTargets(NamedTuple):
@@ -32,7 +36,9 @@ class OutputTargets(NamedTuple):
     """``[n, d_model]`` what each reads at the final norm's output, last position."""
 
 
-def top_logits(model, W_U: torch.Tensor, logits: torch.Tensor, max_logits: int, logit_prob: float):
+def top_logits(
+    model, W_U: torch.Tensor, logits: torch.Tensor, max_logits: int, logit_prob: float
+) -> OutputTargets:
     """The top logits of ``logits [vocab]`` that cover ``logit_prob`` of the probability, at
     most ``max_logits`` of them, with ``W_U [vocab, d_model]``."""
     top_p, top_ids = logits.softmax(-1).sort(descending=True)
@@ -42,7 +48,7 @@ def top_logits(model, W_U: torch.Tensor, logits: torch.Tensor, max_logits: int, 
     return OutputTargets(ids, top_p[:n], labels, W_U[ids] - W_U.mean(0))
 
 
-def custom_targets(model, W_U: torch.Tensor, target) -> OutputTargets:
+def custom_targets(model, W_U: torch.Tensor, target: Target) -> OutputTargets:
     """Output nodes for ``target``: :func:`gsnb.logit_diff` ``(a, b)`` at the last position, a
     direction ``[d_model]``, or a dict ``{label: either}`` for several nodes."""
     items = target.items() if isinstance(target, Mapping) else [(None, target)]
