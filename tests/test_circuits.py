@@ -64,10 +64,14 @@ def make_transcoders(model, kind: str):
     return random_transcoders(model) if kind == "per-layer" else random_clt(model)
 
 
-@pytest.fixture(
+CONFIGS = dict(
     params=[("gemma3", "per-layer"), ("gemma2", "per-layer"), ("gemma3", "clt")],
     ids=lambda p: "-".join(p),
 )
+"""Fixture parameters: the architectures and transcoder kinds graphs are traced with."""
+
+
+@pytest.fixture(**CONFIGS)
 def traced(request):
     arch, kind = request.param
     model = tiny_model(arch)
@@ -76,10 +80,13 @@ def traced(request):
     return model, transcoders, graph
 
 
-def target_values(rm: ReplacementModel, graph: Graph, source_scale: torch.Tensor) -> torch.Tensor:
-    """Every target's input (feature pre-activations, demeaned logits before soft-capping) with
-    each source's contribution multiplied by ``source_scale`` — by autograd-able forward code,
-    independent of the hand-written transpose that ``trace`` uses."""
+def target_values(
+    rm: ReplacementModel, graph: Graph, source_scale: torch.Tensor, outputs=None
+) -> torch.Tensor:
+    """Every target's input (feature pre-activations, then the output nodes: demeaned logits
+    before soft-capping, or ``outputs(final [d_model])`` of the last position's unembedding
+    input) with each source's contribution multiplied by ``source_scale`` — by autograd-able
+    forward code, independent of the hand-written transpose that ``trace`` uses."""
     frozen, n_feat, n_pos = rm.frozen, graph.n_features, graph.n_pos
     feat_scale = source_scale[:n_feat]
     err_scale = source_scale[n_feat : n_feat + graph.n_errors].view(graph.n_layers, n_pos)
@@ -109,6 +116,8 @@ def target_values(rm: ReplacementModel, graph: Graph, source_scale: torch.Tensor
             out = out + x @ stack.skip(layer)
         resid = resid_mid + out
     final = resid[-1] * frozen.norm_scales["final"][-1] * rm.g_final
+    if outputs is not None:
+        return torch.cat([preacts, outputs(final)])
     logits = final @ rm.W_U.T
     demeaned = logits[graph.logit_tokens] - logits.mean()
     return torch.cat([preacts, demeaned])
@@ -291,11 +300,8 @@ def test_json_follows_circuit_tracers_schema(traced, tmp_path):
             assert isinstance(node[key], kind), (key, node)
         assert node["influence"] is None or isinstance(node["influence"], float)
     ids = {node["node_id"] for node in data["nodes"]}
-    # circuit-tracer names error nodes "0_{layer}_{pos}", which layer-0 features can share.
-    non_error = [
-        n["node_id"] for n in data["nodes"] if n["feature_type"] != "mlp reconstruction error"
-    ]
-    assert len(set(non_error)) == len(non_error)
+    assert len(ids) == len(data["nodes"])
+    assert len({node["jsNodeId"] for node in data["nodes"]}) == len(data["nodes"])
     for link in data["links"]:
         assert link["source"] in ids and link["target"] in ids and isinstance(link["weight"], float)
     kinds = {node["feature_type"] for node in data["nodes"]}
@@ -306,7 +312,10 @@ def test_json_follows_circuit_tracers_schema(traced, tmp_path):
 def test_save_load_round_trips(traced, tmp_path):
     _, _, graph = traced
     graph.group("first", [0, 1])
+    graph.labels = {1: "a label"}
     loaded = Graph.load(graph.save(tmp_path / "g"))
+    assert loaded.labels == {1: "a label"}
+    assert loaded.neuronpedia_ids == graph.neuronpedia_ids == [None] * graph.n_layers
     for name in ("prompt_tokens", "features", "activations", "logit_tokens", "adjacency"):
         assert torch.equal(getattr(loaded, name), getattr(graph, name))
     assert loaded.supernodes == {"first": [0, 1]}

@@ -178,6 +178,21 @@ class FeatureStats:
             top, bottom,
         )  # fmt: skip
 
+    def top_tokens(self, features: Sequence[int] | None = None) -> tuple[list[list[str]], ...]:
+        """``(fires, promotes)``: per feature (all, or those listed), the distinct tokens at its
+        top examples' peaks, strongest first, and the tokens its decoder promotes most."""
+        features = range(self.d_sae) if features is None else features
+        valid = self.top_windows >= 0  # [F, k]
+        rows = torch.searchsorted(self.windows, self.top_windows.clamp_min(0))
+        rows = rows.clamp_max(max(len(self.windows) - 1, 0))
+        peaks = self.window_tokens[rows, self.top_positions.clamp_min(0)] if valid.any() else None
+        fires, promotes = [], []
+        for f in features:
+            ids = [] if peaks is None else peaks[f][valid[f]].tolist()
+            fires.append(list(dict.fromkeys(self.token_strs[i] for i in ids)))
+            promotes.append([self.token_strs[i] for i in self.logit_top_ids[f].tolist()])
+        return fires, promotes
+
     def check_sae(self, sae: JumpReLUSAE) -> None:
         """Raise ``ValueError`` unless these stats were computed with ``sae``."""
         if sae.d_sae != self.d_sae:

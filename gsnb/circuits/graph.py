@@ -66,6 +66,14 @@ class Graph:
     """Active features on the prompt, visited or not (``n_features`` were visited)."""
     supernodes: dict[str, list[int]] = field(default_factory=dict)
     """User groups: label -> feature node indices."""
+    labels: dict[int, str] = field(default_factory=dict)
+    """Feature node index -> label (a graph file's ``clerp``)."""
+    neuronpedia_ids: list[str | None] = field(default_factory=list)
+    """Per layer, its transcoder's Neuronpedia id (``"gemma-2-2b/3-gemmascope-transcoder-16k"``)
+    or None; they name the graph files' ``scan``."""
+    file_metadata: dict = field(default_factory=dict)
+    """The ``metadata`` of the graph file this graph was read from (slug, scan, thresholds);
+    empty for a traced graph."""
     context: object = field(default=None, repr=False, compare=False)
     """The model and transcoders it was traced with (kept in memory only, for interventions)."""
 
@@ -204,6 +212,7 @@ class Graph:
             label: [remap[i] for i in nodes if i in remap]
             for label, nodes in self.supernodes.items()
         }
+        labels = {remap[i]: text for i, text in self.labels.items() if i in remap}
         return Graph(
             model_name=self.model_name,
             prompt_tokens=self.prompt_tokens,
@@ -218,6 +227,9 @@ class Graph:
             transcoder_ids=self.transcoder_ids,
             n_active_features=self.n_active_features,
             supernodes={k: v for k, v in supernodes.items() if v},
+            labels=labels,
+            neuronpedia_ids=self.neuronpedia_ids,
+            file_metadata=self.file_metadata,
             context=self.context,
         )
 
@@ -257,12 +269,13 @@ class Graph:
                 frontier.append((score * float(weights[source]), [source, *path]))
         return paths
 
-    def intervene(self, interventions, freeze_attention: bool = True):
-        """Scale features ``[(layer, pos, feature, factor), ...]``; returns the measured and the
-        predicted change of the logit nodes (see :func:`gsnb.circuits.tracing.intervene`)."""
+    def intervene(self, interventions, freeze_attention: bool = True, mode: str = "scale"):
+        """Scale features ``[(layer, pos, feature, factor), ...]``, or with ``mode="set"`` set
+        them to values, as circuit-tracer does; returns the measured and the predicted change
+        of the output nodes (see :func:`gsnb.circuits.tracing.intervene`)."""
         from gsnb.circuits.tracing import intervene
 
-        return intervene(self, interventions, freeze_attention)
+        return intervene(self, interventions, freeze_attention, mode)
 
     # --- supernodes -----------------------------------------------------------------------------
 
@@ -291,6 +304,9 @@ class Graph:
             "transcoder_ids": self.transcoder_ids,
             "n_active_features": self.n_active_features,
             "supernodes": self.supernodes,
+            "labels": {str(k): v for k, v in self.labels.items()},
+            "neuronpedia_ids": self.neuronpedia_ids,
+            "file_metadata": self.file_metadata,
         }
         atomic_write(folder / "graph.safetensors", lambda p: save_file(tensors, p))
         atomic_write(
@@ -307,17 +323,64 @@ class Graph:
             )
         tensors = load_file(str(folder / "graph.safetensors"))
         meta = json.loads((folder / "graph.json").read_text())
+        meta["labels"] = {int(k): v for k, v in meta.get("labels", {}).items()}
         return cls(**tensors, **meta)
 
     def to_json(
         self, path: str | os.PathLike, slug: str = "gsnb-graph", scan: str | None = None
     ) -> Path:
-        """Write the graph in circuit-tracer's JSON schema (``metadata``, ``qParams``, ``nodes``,
-        ``links``) for its frontend and Neuronpedia."""
-        from gsnb.circuits.graph_json import graph_to_json
+        """Write the pruned graph to the one file ``path`` in circuit-tracer's JSON schema
+        (``metadata``, ``qParams``, ``nodes``, ``links``); :meth:`to_graph_files` also writes
+        the index a server reads, and takes labels and thresholds."""
+        from gsnb.circuits.graph_files import write_graph_json
 
-        Path(path).write_text(json.dumps(graph_to_json(self, slug, scan)))
-        return Path(path)
+        return write_graph_json(self, path, slug, scan, index=False)
+
+    def to_graph_files(
+        self,
+        out_dir: str | os.PathLike,
+        slug: str,
+        scan: str | list[str] | None = None,
+        node_threshold: float = 0.8,
+        edge_threshold: float = 0.98,
+        labels: dict[int, str] | None = None,
+        stats=None,
+    ) -> Path:
+        """Write ``{slug}.json`` and add it to ``graph-metadata.json`` in ``out_dir``, as
+        circuit-tracer's ``create_graph_files`` does: ``circuit-tracer start-server`` serves the
+        folder, and Neuronpedia uploads the JSON. Returns the path of ``{slug}.json``.
+
+        >>> graph.to_graph_files("graphs/", "eiffel-tower", stats=stats)
+
+        Args:
+            out_dir: folder of the files (created when missing); other graphs' index entries
+                stay.
+            slug: the graph's name and file name.
+            scan: what names the transcoders; ``None`` derives it from their Neuronpedia ids
+                (see :mod:`gsnb.circuits.graph_files`).
+            node_threshold, edge_threshold: pruning, as :meth:`prune`.
+            labels: ``{feature node index: label}`` written as the nodes' ``clerp``.
+            stats: FeatureStats of the transcoders (one, a list or a dict): each feature's
+                ``clerp`` then lists the tokens it fires on and promotes.
+        """
+        from gsnb.circuits.graph_files import write_graph_json
+
+        path = Path(out_dir) / f"{slug}.json"
+        return write_graph_json(
+            self, path, slug, scan, node_threshold, edge_threshold, labels, stats, index=True
+        )
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> Graph:
+        """Open a circuit-tracer or Neuronpedia graph JSON (``{slug}.json``) as a Graph for
+        :class:`gsnb.GraphView`: its pruned nodes and links, labels, supernodes and metadata.
+        It has no model attached, so :meth:`intervene` needs the prompt traced again.
+
+        >>> gsnb.GraphView(gsnb.Graph.from_json("graphs/eiffel-tower.json"))
+        """
+        from gsnb.circuits.graph_files import read_graph_json
+
+        return read_graph_json(path)
 
 
 def _normalize(adjacency: torch.Tensor) -> torch.Tensor:

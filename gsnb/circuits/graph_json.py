@@ -1,73 +1,103 @@
-"""Export a :class:`gsnb.Graph` in circuit-tracer's JSON schema (its frontend and Neuronpedia).
+"""circuit-tracer's graph JSON (its frontend and Neuronpedia open it): a :class:`gsnb.Graph` as
+the ``{metadata, qParams, nodes, links}`` object, and such an object read back as a Graph.
 
-The file holds ``metadata`` (slug, scan, transcoder list, prompt tokens, prompt, node
-threshold), ``qParams`` (pinned ids, supernodes, link type, clicked id, subgraph positions),
-``nodes`` and ``links``. Node ids follow circuit-tracer: features ``"{layer}_{feature}_{pos}"``,
-errors ``"0_{layer}_{pos}"``, tokens ``"E_{token}_{pos}"``, logits ``"{n_layers+1}_{token}_{pos}"``.
+Links name their ends by ``node_id``, and both frontends key nodes by it, so ids must never
+collide. gsnb's ids:
+
+=========  ==================================  ===============================================
+node       ``node_id``                          why
+=========  ==================================  ===============================================
+feature    ``{layer}_{feature}_{pos}``          circuit-tracer's; its URL decoder parses it
+error      ``{layer}_error_mlp_{pos}``          Neuronpedia's graph server's form; circuit-tracer's
+                                                ``0_{layer}_{pos}`` equals feature ``layer`` of
+                                                layer 0 at ``pos``
+token      ``E_{token}_{pos}``                  circuit-tracer's
+logit      ``{n_layers + 1}_{token}_{pos}``     circuit-tracer's; no feature sits at that layer
+=========  ==================================  ===============================================
+
+``jsNodeId`` repeats ``node_id`` (circuit-tracer's ``{layer}_{feature}-0`` and
+``{layer}_{pos}-0`` collide too; its pydantic ``Node`` and Neuronpedia's graph server both fall
+back to the ``node_id``). Custom targets sit on logit nodes with virtual token ids
+``vocab_size + i``, as circuit-tracer numbers its custom targets.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import warnings
+from typing import TYPE_CHECKING
+
 import torch
 
-_TYPES = {
+if TYPE_CHECKING:
+    from gsnb.circuits.graph import Graph
+
+FEATURE_TYPES = {
     "feature": "cross layer transcoder",
     "error": "mlp reconstruction error",
     "token": "embedding",
     "logit": "logit",
 }
+SCHEMA_VERSION = 1
 
 
 def _cantor(x: int, y: int) -> int:
     return (x + y) * (x + y + 1) // 2 + y
 
 
-def _printable(token: str) -> str:
-    return token.replace("\n", "⏎").replace("\t", "→").replace("\r", "↵")
+def _uncantor(z: int) -> tuple[int, int]:
+    w = (math.isqrt(8 * z + 1) - 1) // 2
+    y = z - w * (w + 1) // 2
+    return w - y, y
 
 
-def node_record(graph, index: int, cumulative: float) -> dict:
-    """One node in circuit-tracer's schema."""
+def node_id(graph, index: int) -> str:
+    """The ``node_id`` of node ``index`` of ``graph`` (see the module docstring)."""
     kind = graph.node_kind(index)
     layer, pos = graph.node_layer_pos(index)
+    if kind == "feature":
+        return f"{layer}_{int(graph.features[index, 2])}_{pos}"
+    if kind == "error":
+        return f"{layer}_error_mlp_{pos}"
+    if kind == "token":
+        return f"E_{int(graph.prompt_tokens[pos])}_{pos}"
+    token = int(graph.logit_tokens[index - graph.slices()["logit"].start])
+    return f"{graph.n_layers + 1}_{token}_{pos}"
+
+
+def node_record(graph, index: int, influence: float, clerp: str = "") -> dict:
+    """Node ``index`` of ``graph`` in circuit-tracer's schema; ``influence`` is its cumulative
+    share of influence (circuit-tracer's pruning score), ``clerp`` its label."""
+    kind = graph.node_kind(index)
+    layer, pos = graph.node_layer_pos(index)
+    ident = node_id(graph, index)
     record = {
+        "node_id": ident,
+        "feature": -1,
+        "layer": str(layer),
         "ctx_idx": pos,
-        "feature_type": _TYPES[kind],
+        "feature_type": FEATURE_TYPES[kind],
         "token_prob": 0.0,
         "is_target_logit": False,
         "run_idx": 0,
         "reverse_ctx_idx": 0,
-        "clerp": "",
-        "influence": cumulative,
+        "jsNodeId": ident,
+        "clerp": clerp,
+        "influence": influence,
         "activation": None,
     }
     if kind == "feature":
-        feature = int(graph.features[index, 2])
-        record.update(
-            node_id=f"{layer}_{feature}_{pos}",
-            feature=_cantor(layer, feature),
-            layer=str(layer),
-            jsNodeId=f"{layer}_{feature}-0",
-            activation=float(graph.activations[index]),
-        )
-    elif kind == "error":
-        record.update(
-            node_id=f"0_{layer}_{pos}", feature=-1, layer=str(layer), jsNodeId=f"{layer}_{pos}-0"
-        )
+        record["feature"] = _cantor(layer, int(graph.features[index, 2]))
+        record["activation"] = float(graph.activations[index])
     elif kind == "token":
-        token = int(graph.prompt_tokens[pos])
-        record.update(
-            node_id=f"E_{token}_{pos}", feature=pos, layer="E", jsNodeId=f"E_{token}-{pos}"
-        )
-    else:
+        record.update(feature=pos, layer="E")
+    elif kind == "logit":
         logit = index - graph.slices()["logit"].start
-        token, prob = int(graph.logit_tokens[logit]), float(graph.logit_probabilities[logit])
-        out_layer = str(graph.n_layers + 1)
+        prob = float(graph.logit_probabilities[logit])
         record.update(
-            node_id=f"{out_layer}_{token}_{pos}",
-            feature=token,
-            layer=out_layer,
-            jsNodeId=f"L_{token}-{pos}",
+            feature=int(graph.logit_tokens[logit]),
+            layer=str(graph.n_layers + 1),
             token_prob=prob,
             is_target_logit=logit == 0,
             clerp=f'Output "{graph.logit_strings[logit]}" (p={prob:.3f})',
@@ -77,16 +107,29 @@ def node_record(graph, index: int, cumulative: float) -> dict:
 
 
 def graph_to_json(
-    graph, slug: str, scan: str | None, node_threshold: float = 0.8, edge_threshold: float = 0.98
+    graph,
+    metadata: dict,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    labels: dict[int, str] | None = None,
 ) -> dict:
-    """The pruned graph as a circuit-tracer JSON object (a dict ready for ``json.dumps``)."""
+    """The graph pruned at the thresholds, as a circuit-tracer graph object (ready for
+    ``json.dumps``).
+
+    Args:
+        graph: a :class:`gsnb.Graph` (unpruned: the thresholds prune it as circuit-tracer does).
+        metadata: ``slug``, ``scan``, ``transcoder_list`` and any extra keys (such as
+            Neuronpedia's ``feature_details``); the prompt and thresholds are added here.
+        labels: ``{feature node index: clerp}``.
+    """
+    labels = labels or {}
     node_mask, edge_mask = graph.prune_masks(node_threshold, edge_threshold)
     influence = graph.influence()
     order = influence.argsort(descending=True)
     cumulative = torch.zeros_like(influence)
     cumulative[order] = influence[order].cumsum(0) / influence.sum().clamp_min(1e-30)
     nodes = {
-        i: node_record(graph, i, float(cumulative[i]))
+        i: node_record(graph, i, float(cumulative[i]), labels.get(i, ""))
         for i in node_mask.nonzero().flatten().tolist()
     }
     targets, sources = (edge_mask & (graph.adjacency != 0)).nonzero(as_tuple=True)
@@ -110,15 +153,19 @@ def graph_to_json(
         [label, *[ids[i] for i in members if i in ids]]
         for label, members in graph.supernodes.items()
     ]
+    head = {k: metadata[k] for k in ("slug", "scan", "transcoder_list")}
     return {
         "metadata": {
-            "slug": slug,
-            "scan": scan or graph.model_name,
-            "transcoder_list": list(graph.transcoder_ids),
-            "prompt_tokens": [_printable(t) for t in graph.str_tokens],
+            **head,
+            "prompt_tokens": list(graph.str_tokens),
             "prompt": "".join(graph.str_tokens),
             "node_threshold": node_threshold,
-            "schema_version": 1,
+            "schema_version": SCHEMA_VERSION,
+            **{k: v for k, v in metadata.items() if k not in head},
+            "pruning_settings": {
+                "node_threshold": node_threshold,
+                "edge_threshold": edge_threshold,
+            },
         },
         "qParams": {
             "pinnedIds": [],
@@ -130,3 +177,154 @@ def graph_to_json(
         "nodes": used,
         "links": links,
     }
+
+
+def _kind(node: dict) -> str:
+    kind = node["feature_type"]
+    if kind == "embedding":
+        return "token"
+    if kind == "logit":
+        return "logit"
+    return "error" if "error" in kind else "feature"
+
+
+def _feature_index(node: dict, layer: int) -> int:
+    """A feature node's index within its layer: from a ``{layer}_{feature}_{pos}`` id, else from
+    the Cantor-paired ``feature``, else ``feature`` as it is."""
+    parts = node["node_id"].split("_")
+    if len(parts) == 3 and all(p.isdigit() for p in parts) and int(parts[0]) == layer:
+        return int(parts[1])
+    feature = node.get("feature")
+    if not isinstance(feature, int) or feature < 0:
+        raise ValueError(
+            f"feature node {node['node_id']!r} names no feature index: its id is not "
+            f"'layer_feature_pos' and its 'feature' is {feature!r}"
+        )
+    paired_layer, index = _uncantor(feature)
+    return index if paired_layer == layer else feature
+
+
+_LOGIT_CLERP = re.compile(r'^\w+ "(.*)" \(p=[^)]*\)$', re.DOTALL)
+
+
+def _logit_string(node: dict) -> str:
+    match = _LOGIT_CLERP.match(node.get("clerp") or "")
+    if match:
+        return match.group(1)
+    return str(node.get("token", node.get("feature")))
+
+
+def _layer(node: dict) -> int:
+    try:
+        return int(node["layer"])
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"node {node['node_id']!r} of type {node['feature_type']!r} has layer "
+            f"{node['layer']!r}; a feature or error node needs an integer layer"
+        ) from None
+
+
+def graph_from_json(data: dict, source: str = "the graph") -> Graph:
+    """A :class:`gsnb.Graph` from a circuit-tracer or Neuronpedia graph object: its nodes and
+    links (an adjacency that holds only the file's pruned edges), labels (``clerp``),
+    supernodes and metadata. ``source`` names the file in error messages.
+
+    Tokens without an embedding node, and features without an ``activation``, read as -1 and
+    NaN. Links whose ends are no node are dropped, as the frontends drop them; ids that appear
+    twice (circuit-tracer's error ids can equal feature ids) warn, and their links go to the
+    last such node, as in the frontends. The file's ``scan`` becomes the graph's
+    ``model_name`` (Neuronpedia reads a scan as a model id); its metadata is kept in
+    ``file_metadata``.
+    """
+    from gsnb.circuits.graph import Graph
+
+    missing = [key for key in ("metadata", "nodes", "links") if key not in data]
+    if not missing and "prompt_tokens" not in data["metadata"]:
+        missing = ["metadata.prompt_tokens"]
+    if missing:
+        raise ValueError(f"{source} is no circuit-tracer graph: it has no {missing}")
+    meta, records = data["metadata"], data["nodes"]
+    str_tokens = list(meta["prompt_tokens"])
+    n_pos = len(str_tokens)
+    by_kind: dict[str, list[dict]] = {"feature": [], "error": [], "token": [], "logit": []}
+    for node in records:
+        by_kind[_kind(node)].append(node)
+    inner = [_layer(n) for n in by_kind["feature"] + by_kind["error"]]
+    outer = [int(n["layer"]) - 1 for n in by_kind["logit"] if str(n["layer"]).isdigit()]
+    n_layers = max([layer + 1 for layer in inner] + outer + [0])
+
+    features = [(_layer(n), n["ctx_idx"], _feature_index(n, _layer(n))) for n in by_kind["feature"]]
+    logits = sorted(by_kind["logit"], key=lambda n: not n.get("is_target_logit", False))
+    prompt_tokens = torch.full((n_pos,), -1, dtype=torch.long)
+    for node in by_kind["token"]:
+        parts = node["node_id"].split("_")
+        if len(parts) == 3 and parts[1].isdigit():
+            prompt_tokens[node["ctx_idx"]] = int(parts[1])
+    graph = Graph(
+        model_name=str(meta.get("scan", "")),
+        prompt_tokens=prompt_tokens,
+        str_tokens=str_tokens,
+        n_layers=n_layers,
+        features=torch.tensor(features, dtype=torch.long).reshape(-1, 3),
+        activations=torch.tensor(
+            [_float(n.get("activation")) for n in by_kind["feature"]], dtype=torch.float32
+        ),
+        logit_tokens=torch.tensor([int(n["feature"]) for n in logits], dtype=torch.long),
+        logit_probabilities=torch.tensor([float(n.get("token_prob") or 0.0) for n in logits]),
+        logit_strings=[_logit_string(n) for n in logits],
+        adjacency=torch.zeros(0, 0),
+        transcoder_ids=list(meta.get("transcoder_list") or []),
+        n_active_features=len(features),
+        file_metadata=dict(meta),
+    )
+    index = _node_indices(graph, by_kind["feature"], by_kind["error"], by_kind["token"], logits)
+    graph.adjacency = _adjacency(graph.n_nodes, index, data["links"], source)
+    graph.labels = {i: n["clerp"] for i, n in enumerate(by_kind["feature"]) if n.get("clerp")}
+    for label, *ids in data.get("qParams", {}).get("supernodes", []):
+        members = [index[i] for i in ids if i in index and index[i] < graph.n_features]
+        if members:
+            graph.supernodes[label] = sorted(set(members))
+    return graph
+
+
+def _float(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _node_indices(graph, features, errors, tokens, logits) -> dict[str, int]:
+    """``{node_id: index in graph's node order}``; warns on ids that appear twice."""
+    where = graph.slices()
+    pairs = [(n["node_id"], i) for i, n in enumerate(features)]
+    pairs += [
+        (n["node_id"], where["error"].start + _layer(n) * graph.n_pos + n["ctx_idx"])
+        for n in errors
+    ]
+    pairs += [(n["node_id"], where["token"].start + n["ctx_idx"]) for n in tokens]
+    pairs += [(n["node_id"], where["logit"].start + i) for i, n in enumerate(logits)]
+    index = dict(pairs)
+    if len(index) < len(pairs):
+        seen: set[str] = set()
+        twice = sorted({k for k, _ in pairs if k in seen or seen.add(k)})
+        warnings.warn(
+            f"{len(twice)} node ids appear more than once ({twice[:5]}); links to them go to "
+            "the last such node, as in circuit-tracer's frontend",
+            stacklevel=3,
+        )
+    return index
+
+
+def _adjacency(n_nodes: int, index: dict[str, int], links: list[dict], source: str):
+    """``[n_nodes, n_nodes]`` with ``adjacency[target, source]`` = each link's weight."""
+    adjacency = torch.zeros(n_nodes, n_nodes)
+    kept = [(index.get(k["target"]), index.get(k["source"]), k["weight"]) for k in links]
+    known = [(t, s, w) for t, s, w in kept if t is not None and s is not None]
+    if len(known) < len(kept):
+        warnings.warn(
+            f"{len(kept) - len(known)} of the {len(kept)} links of {source} name a node that is "
+            "not in it; they are dropped, as the frontends drop them",
+            stacklevel=3,
+        )
+    if known:
+        t, s, w = zip(*known, strict=True)
+        adjacency[list(t), list(s)] = torch.tensor(w, dtype=torch.float32)
+    return adjacency

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gsnb.circuits.graph import Graph
+from gsnb.circuits.targets import Target, custom_targets, top_logits
 from gsnb.core.hooks import capture_fns
 from gsnb.saes.clt import CrossLayerTranscoder, PerLayerTranscoders, reconstruct
 
@@ -201,17 +202,21 @@ class ReplacementModel:
         feature_scale: dict | None = None,
         recompute_features: bool = False,
         softcap: bool = True,
+        feature_values: dict | None = None,
+        unembed: bool = True,
     ) -> torch.Tensor:
         """Logits ``[pos, vocab]`` of the replacement model.
 
         Args:
             feature_scale: ``{(layer, pos, feature): factor}`` multiplies those activations.
             recompute_features: re-encode every transcoder from its (changed) input; otherwise
-                the features keep their prompt values (only the scaled ones change).
+                the features keep their prompt values (only the changed ones differ).
             softcap: apply Gemma 2's final logit soft-capping (the graph's logit nodes are the
                 logits before it).
+            feature_values: ``{(layer, pos, feature): value}`` sets those activations.
+            unembed: ``False`` returns the unembedding's input ``[pos, d_model]`` instead (the
+                final norm's output), which the graph's output nodes read.
         """
-        feature_scale = feature_scale or {}
         resid = self.frozen.embed.clone()
         all_acts: list[torch.Tensor] = []
         for layer in range(self.stack.n_layers):
@@ -222,13 +227,13 @@ class ReplacementModel:
                 if recompute_features
                 else self.frozen.activations[layer].clone()
             )
-            for (lyr, pos, feat), factor in feature_scale.items():
-                if lyr == layer:
-                    acts[pos, feat] = acts[pos, feat] * factor
+            edit_features(acts, layer, feature_scale, feature_values)
             all_acts.append(acts)
             out = reconstruct(self.stack, all_acts, layer, x) + self.frozen.errors[layer]
             resid = resid_mid + out
         final = resid * self.frozen.norm_scales["final"][:, None] * self.g_final
+        if not unembed:
+            return final
         logits = final @ self.W_U.T
         if self.softcap and softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
@@ -284,8 +289,12 @@ def trace(
     logit_prob: float = 0.95,
     batch_size: int = 64,
     progress: bool = True,
+    target: Target | None = None,
 ) -> Graph:
     """Attribution graph of ``prompt`` through transcoders at every layer.
+
+    >>> graph = gsnb.trace(model, transcoders, "The capital of Texas is")
+    >>> graph = gsnb.trace(model, transcoders, prompt, target=gsnb.logit_diff(" Austin", " Dallas"))
 
     Args:
         model: a :class:`gsnb.Model`.
@@ -298,6 +307,11 @@ def trace(
             more are active they are visited in order of estimated influence on the logits.
         max_logits: at most this many output logits (the top ones covering ``logit_prob``).
         batch_size: target nodes per backward sweep.
+        target: what the output nodes are. ``None``: the top logits (``max_logits``,
+            ``logit_prob``). Else custom targets, as circuit-tracer allows:
+            :func:`gsnb.logit_diff` ``(a, b)`` (the logit difference before soft-capping), a
+            direction ``[d_model]`` read at the last position of the final norm's output, or a
+            dict ``{label: either}`` (see :mod:`gsnb.circuits.targets`).
 
     Returns:
         a :class:`gsnb.Graph`; ``adjacency[target, source]`` over features, errors, tokens, logits.
@@ -329,10 +343,11 @@ def trace(
     dec_rows = [stack_cpu.decoders(s).detach().float()[a[:, 1]] for s, a in enumerate(active)]
     enc_cols = [stack_cpu.encoder(layer).detach().float() for layer in range(n_layers)]
 
-    probs = frozen.logits[-1].softmax(-1)
-    top_p, top_ids = probs.sort(descending=True)
-    n_logits = int(min(max_logits, (top_p.cumsum(0) < logit_prob).sum().item() + 1))
-    logit_ids, logit_probs = top_ids[:n_logits], top_p[:n_logits]
+    if target is None:
+        outputs = top_logits(model, rm.W_U, frozen.logits[-1], max_logits, logit_prob)
+    else:
+        outputs = custom_targets(model, rm.W_U, target)
+    logit_ids, logit_probs, n_logits = outputs.tokens, outputs.weights, len(outputs.tokens)
 
     n_err, n_tok = n_layers * n_pos, n_pos
     n_sources = n_feat + n_err + n_tok
@@ -365,10 +380,9 @@ def trace(
         row[:, n_feat + n_err :] = (at_embed * frozen.embed).sum(-1)
         return row
 
-    # Logit targets: demeaned logit directions through the frozen final norm at the last token.
-    demeaned = rm.W_U[logit_ids] - rm.W_U.mean(0)
+    # Output nodes: their directions through the frozen final norm at the last token.
     g_final = torch.zeros(n_logits, n_pos, d)
-    g_final[:, -1] = demeaned * rm.g_final * frozen.norm_scales["final"][-1]
+    g_final[:, -1] = outputs.directions * rm.g_final * frozen.norm_scales["final"][-1]
     logit_rows = edges_from(*rm.sweep_back({}, g_final))
 
     def feature_rows(indices: torch.Tensor) -> torch.Tensor:
@@ -422,12 +436,13 @@ def trace(
         activations=feat_act[keep],
         logit_tokens=logit_ids,
         logit_probabilities=logit_probs,
-        logit_strings=[model.tokenizer.decode([int(t)]) for t in logit_ids],
+        logit_strings=outputs.labels,
         adjacency=adjacency,
         transcoder_ids=stack.transcoder_ids(),
+        neuronpedia_ids=stack.neuronpedia_ids(),
         n_active_features=n_feat,
     )
-    graph.context = TraceContext(model, stack, rm)
+    graph.context = TraceContext(model, stack, rm, outputs.directions)
     return graph
 
 
@@ -438,11 +453,14 @@ class TraceContext:
     model: object
     transcoders: Stack
     replacement: ReplacementModel
+    directions: torch.Tensor
+    """``[n_logits, d_model]`` what the graph's output nodes read (see :mod:`gsnb.circuits.targets`)."""
 
 
 @dataclass
 class InterventionResult:
-    """Change in the graph's logit nodes (demeaned, before soft-capping) under an intervention."""
+    """Change in the graph's output nodes (demeaned logits before soft-capping, or custom
+    targets) under an intervention."""
 
     logit_strings: list[str]
     measured: torch.Tensor
@@ -458,61 +476,100 @@ class InterventionResult:
         return f"<table><tr><th>logit</th><th>measured</th><th>predicted</th></tr>{rows}</table>"
 
 
+_MODES = ("scale", "set")
+
+
 @torch.no_grad()
-def intervene(graph: Graph, interventions, freeze_attention: bool = True) -> InterventionResult:
-    """Scale features and compare the measured change in the logits with the graph's prediction.
+def intervene(
+    graph: Graph, interventions, freeze_attention: bool = True, mode: str = "scale"
+) -> InterventionResult:
+    """Change features and compare the measured change in the output nodes with the graph's
+    prediction.
+
+    >>> graph.intervene([(3, 5, 1234, 0.0)])                # ablate: scale by 0
+    >>> graph.intervene([(3, 5, 1234, 8.0)], mode="set")    # set the activation to 8
 
     Args:
         graph: a graph from :func:`trace` in this session (it holds the model and transcoders).
-        interventions: ``[(layer, pos, feature, factor), ...]``; each feature must be a node.
+        interventions: ``[(layer, pos, feature, value), ...]``; each feature must be a node.
         freeze_attention: keep attention patterns and norm scales at their prompt values (the
             setting in which the graph's edges are exact); otherwise run the live model with
             the transcoders spliced in and their errors held fixed.
+        mode: ``"scale"`` multiplies each activation by its value; ``"set"`` sets it to the
+            value, as circuit-tracer's ``feature_intervention`` does.
     """
     context = getattr(graph, "context", None)
     if context is None:
         raise ValueError(
             "this graph has no model attached (it was loaded from disk): trace it again"
         )
-    nodes = {
-        graph.feature_node(layer, pos, feat): float(factor)
-        for layer, pos, feat, factor in interventions
-    }
-    for layer, _pos, feat, factor in interventions:
-        if not torch.isfinite(torch.tensor(float(factor))):
-            raise ValueError(f"factor {factor} for feature {feat} at layer {layer} is not finite")
-    rm = context.replacement
-    scale = {tuple(graph.features[n].tolist()): f for n, f in nodes.items()}
+    if mode not in _MODES:
+        raise ValueError(
+            f"mode={mode!r}: use 'scale' (multiply activations by the values) or 'set' (set "
+            "them to the values)"
+        )
+    changes, new_activations = {}, {}
+    for layer, pos, feat, value in interventions:
+        if not torch.isfinite(torch.tensor(float(value))):
+            raise ValueError(f"value {value} for feature {feat} at layer {layer} is not finite")
+        node = graph.feature_node(layer, pos, feat)
+        changes[tuple(graph.features[node].tolist())] = float(value)
+        scaled = float(value) * float(graph.activations[node])
+        new_activations[node] = float(value) if mode == "set" else scaled
+    edit = {"feature_scale" if mode == "scale" else "feature_values": changes}
 
-    def demeaned_targets(logits: torch.Tensor) -> torch.Tensor:
-        last = logits[-1]
-        return last[graph.logit_tokens] - last.mean()
+    def outputs(edit: dict) -> torch.Tensor:
+        """The output nodes' values ``[n_logits]`` with the features edited."""
+        if freeze_attention:
+            rm = context.replacement
+            final = rm.forward(**edit, recompute_features=True, unembed=False)
+        else:
+            final = _live_forward(context, graph, **edit)
+        return final[-1] @ context.directions.T
 
-    # The baseline runs the same code with no change, so factor 1 changes nothing bit for bit.
-    if freeze_attention:
-        run = lambda change: rm.forward(change, recompute_features=True, softcap=False)  # noqa: E731
-    else:
-        run = lambda change: _live_forward(context, graph, change)  # noqa: E731
-    measured = demeaned_targets(run(scale)) - demeaned_targets(run({}))
-    return InterventionResult(graph.logit_strings, measured, _predict(graph, nodes))
+    # The baseline runs the same code with no change, so an edit to the prompt's own values
+    # changes nothing bit for bit.
+    measured = outputs(edit) - outputs({})
+    return InterventionResult(graph.logit_strings, measured, _predict(graph, new_activations))
 
 
-def _predict(graph: Graph, nodes: dict[int, float]) -> torch.Tensor:
-    """Linear propagation of the activation changes through the graph's edges."""
+def edit_features(
+    acts: torch.Tensor, layer: int, scale: dict | None = None, values: dict | None = None
+) -> None:
+    """Scale (``{(layer, pos, feature): factor}``) and set (``{...: value}``) the features of
+    ``layer`` in ``acts [pos, d_sae]``, in place; keys of other layers are skipped."""
+    for (lyr, pos, feat), factor in (scale or {}).items():
+        if lyr == layer:
+            acts[pos, feat] = acts[pos, feat] * factor
+    for (lyr, pos, feat), value in (values or {}).items():
+        if lyr == layer:
+            acts[pos, feat] = value
+
+
+def _predict(graph: Graph, new_activations: dict[int, float]) -> torch.Tensor:
+    """Linear propagation of the activation changes (``{feature node: new activation}``)
+    through the graph's edges; the changed features are held at their new values."""
     n_feat = graph.n_features
     acts = graph.activations.float()
     per_unit = graph.adjacency[:, :n_feat] / acts.clamp_min(1e-30)  # effect of one unit of source
     delta = torch.zeros(n_feat)
     order = graph.features[:, 0].argsort(stable=True)
     for index in order.tolist():
-        if index in nodes:
-            delta[index] = (nodes[index] - 1.0) * acts[index]
+        if index in new_activations:
+            delta[index] = new_activations[index] - acts[index]
         else:
             delta[index] = per_unit[index] @ delta
     return per_unit[graph.slices()["logit"]] @ delta
 
 
-def _live_forward(context: TraceContext, graph: Graph, scale: dict) -> torch.Tensor:
+def _live_forward(
+    context: TraceContext,
+    graph: Graph,
+    feature_scale: dict | None = None,
+    feature_values: dict | None = None,
+) -> torch.Tensor:
+    """The unembedding's input ``[pos, d_model]`` of the live model with the transcoders
+    spliced in (their errors held at the prompt's) and the features edited."""
     model, stack = context.model, context.transcoders
     errors = context.replacement.frozen.errors
     inputs: dict[int, torch.Tensor] = {}
@@ -528,9 +585,7 @@ def _live_forward(context: TraceContext, graph: Graph, scale: dict) -> torch.Ten
         def hook(out):
             x = inputs[layer][0].float()
             acts = stack.encode(layer, x).float()
-            for (lyr, pos, feat), factor in scale.items():
-                if lyr == layer:
-                    acts[pos, feat] = acts[pos, feat] * factor
+            edit_features(acts, layer, feature_scale, feature_values)
             acts_by_layer.append(acts)
             new = reconstruct(stack, acts_by_layer, layer, x) + errors[layer].to(acts.device)
             return new[None].to(out.dtype)
@@ -545,7 +600,7 @@ def _live_forward(context: TraceContext, graph: Graph, scale: dict) -> torch.Ten
         hidden = model.text_model(
             input_ids=graph.prompt_tokens[None].to(model.device)
         ).last_hidden_state
-    return (hidden[0].float() @ model.hf.lm_head.weight.float().T).cpu()
+    return hidden[0].float().cpu()
 
 
 def _feature_influence(

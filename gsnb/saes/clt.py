@@ -134,6 +134,10 @@ class CrossLayerTranscoder(nn.Module):
         """A name per layer, for a graph's metadata."""
         return [self.cfg.sae_id or "clt"] * self.n_layers
 
+    def neuronpedia_ids(self) -> list[str | None]:
+        """Neuronpedia's id per layer (none known for CLTs)."""
+        return [None] * self.n_layers
+
     # --- whole-model maths -------------------------------------------------------------------
 
     def decode(self, acts: Sequence[torch.Tensor], layer: int) -> torch.Tensor:
@@ -339,6 +343,9 @@ class PerLayerTranscoders:
 
     def transcoder_ids(self) -> list[str]:
         return [tc.cfg.sae_id or tc.site_in for tc in self.transcoders]
+
+    def neuronpedia_ids(self) -> list[str | None]:
+        return [tc.cfg.neuronpedia_id for tc in self.transcoders]
 
 
 def reconstruct(

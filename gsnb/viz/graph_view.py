@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
 from pathlib import Path
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-from gsnb.core.sites import parse_site
+from gsnb.circuits.graph_labels import feature_labels, stats_by_layer
 from gsnb.viz import plots
-from gsnb.viz.widgets import FeatureInspector, _top_tokens
+from gsnb.viz.widgets import FeatureInspector
 
 
 class GraphView:
@@ -23,12 +22,14 @@ class GraphView:
     >>> view.to_html("graph.html")   # a static page that works offline
 
     Args:
-        graph: a :class:`gsnb.Graph` from :func:`gsnb.trace` (unpruned; the sliders prune it).
+        graph: a :class:`gsnb.Graph` from :func:`gsnb.trace` (unpruned; the sliders prune it),
+            or from :meth:`gsnb.Graph.from_json` (pruned already: the sliders start at 1).
         stats: optional :class:`gsnb.FeatureStats` of the graph's transcoders (one, a list, or
             the dict :func:`gsnb.feature_stats` returns), matched to layers by the site they
             read (``mlp_in.L``). Hovering a feature then shows the tokens it fires on and
             promotes; clicking it opens it in a :class:`gsnb.FeatureInspector` below the graph.
-        labels: optional hover text per node index of ``graph`` (feature descriptions).
+        labels: optional hover text per feature node index of ``graph`` (descriptions); they
+            take the place of the graph's own ``labels``.
         on_select: optional callback ``fn(layer, pos, feature)`` run when a feature is clicked.
     """
 
@@ -40,17 +41,29 @@ class GraphView:
         on_select=None,
     ):
         self.graph = graph
-        self.stats = _stats_by_layer(stats, graph)
-        self.labels = _with_top_tokens(graph, self.stats, labels or {})
+        self.stats = stats_by_layer(stats, graph)
+        self.labels = feature_labels(graph, self.stats, labels)
         self.on_select = on_select
         self.pinned: list[tuple[int, int, int]] = []
         self.inspector: FeatureInspector | None = None
         self._inspectors: dict[int, FeatureInspector] = {}
+        # A graph read from a file is pruned already: show all of it to begin with.
+        node_start, edge_start = (1.0, 1.0) if graph.file_metadata else (0.8, 0.98)
         self.node_threshold = widgets.FloatSlider(
-            value=0.8, min=0.05, max=1.0, step=0.05, description="nodes", continuous_update=False
+            value=node_start,
+            min=0.05,
+            max=1.0,
+            step=0.05,
+            description="nodes",
+            continuous_update=False,
         )
         self.edge_threshold = widgets.FloatSlider(
-            value=0.98, min=0.5, max=1.0, step=0.01, description="edges", continuous_update=False
+            value=edge_start,
+            min=0.5,
+            max=1.0,
+            step=0.01,
+            description="edges",
+            continuous_update=False,
         )
         self.supernode_label = widgets.Text(placeholder="label for pinned features")
         self.group_button = widgets.Button(description="group pinned", icon="object-group")
@@ -170,48 +183,3 @@ class GraphView:
         fig = go.Figure(self.figure)
         fig.write_html(str(path), include_plotlyjs=True, full_html=True)
         return Path(path)
-
-
-def _stats_by_layer(stats, graph) -> dict:
-    """``{layer: FeatureStats}`` from one FeatureStats, a list or a dict of them."""
-    if stats is None:
-        return {}
-    items = list(stats.values()) if isinstance(stats, Mapping) else stats
-    items = [items] if hasattr(items, "d_sae") else list(items)
-    by_layer = {}
-    for st in items:
-        site = parse_site(st.site_in)
-        if site.kind != "mlp_in":
-            raise ValueError(
-                f"{st!r} describes an SAE reading {st.site_in}; a graph's features are "
-                "transcoder features reading mlp_in.L: pass the transcoders' FeatureStats"
-            )
-        by_layer[site.layer] = st
-    features = graph.features
-    for layer, st in by_layer.items():
-        mine = features[features[:, 0] == layer]
-        if len(mine) and int(mine[:, 2].max()) >= st.d_sae:
-            raise ValueError(
-                f"the graph has feature {int(mine[:, 2].max())} at layer {layer} but the stats "
-                f"for mlp_in.{layer} cover {st.d_sae} features: they describe other transcoders"
-            )
-    return by_layer
-
-
-def _with_top_tokens(graph, stats: dict, labels: dict[int, str]) -> dict[int, str]:
-    """Node labels extended with each feature's top tokens, for the hover text (plain text,
-    one line each)."""
-    out = dict(labels)
-    for layer, st in stats.items():
-        nodes = (graph.features[:, 0] == layer).nonzero().flatten().tolist()
-        feats = graph.features[nodes, 2].tolist()
-        fires, promotes = _top_tokens(st, feats)
-        for node, fire, promote in zip(nodes, fires, promotes, strict=True):
-            parts = [out[node]] if node in out else []
-            if fire:
-                parts.append("fires on " + " ".join(repr(t) for t in fire[:5]))
-            if promote:
-                parts.append("promotes " + " ".join(repr(t) for t in promote[:5]))
-            if parts:
-                out[node] = "\n".join(parts)
-    return out

@@ -50,22 +50,6 @@ def _stats_dict(stats, saes: dict) -> dict:
     return dict(stats)
 
 
-def _top_tokens(stats, features: Sequence[int] | None = None) -> tuple[list[list[str]], ...]:
-    """Per feature (all, or those listed), the tokens at its top examples' peaks and the tokens
-    it promotes most."""
-    features = range(stats.d_sae) if features is None else features
-    valid = stats.top_windows >= 0  # [F, k]
-    rows = torch.searchsorted(stats.windows, stats.top_windows.clamp_min(0))
-    rows = rows.clamp_max(max(len(stats.windows) - 1, 0))
-    peak_ids = stats.window_tokens[rows, stats.top_positions.clamp_min(0)] if valid.any() else None
-    fires, promotes = [], []
-    for f in features:
-        ids = [] if peak_ids is None else peak_ids[f][valid[f]].tolist()
-        fires.append(list(dict.fromkeys(stats.token_strs[i] for i in ids)))
-        promotes.append([stats.token_strs[i] for i in stats.logit_top_ids[f].tolist()])
-    return fires, promotes
-
-
 def _search(
     fires: list[list[str]], promotes: list[list[str]], query: str, limit: int = 50
 ) -> list[int]:
@@ -175,7 +159,7 @@ class SteeringPlayground:
     def _feature_tokens(self):
         name = self.sae_picker.value
         if name not in self._tokens:
-            self._tokens[name] = _top_tokens(self.stats[name])
+            self._tokens[name] = self.stats[name].top_tokens()
         return self._tokens[name]
 
     def _describe(self) -> None:
@@ -406,7 +390,7 @@ class FeatureInspector:
             self.matches.options = []
             return []
         if self._tokens is None:
-            self._tokens = _top_tokens(self.stats)
+            self._tokens = self.stats.top_tokens()
         fires, promotes = self._tokens
         found = _search(fires, promotes, query)
         self.matches.options = [
