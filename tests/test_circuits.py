@@ -19,14 +19,14 @@ from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 PROMPT = "the cat sat on the mat ."
 
 
-def random_transcoders(model, d_sae=48, seed=1, skip_layer=1, decoder_scale=0.3):
+def random_transcoders(model, d_sae=48, seed=1, skip_layer=1, decoder_scale=0.3, reads="mlp_in"):
     torch.manual_seed(seed)
     transcoders = []
     for layer in range(model.n_layers):
         cfg = SAEConfig(
             d_in=model.d_model,
             d_sae=d_sae,
-            site_in=f"mlp_in.{layer}",
+            site_in=f"{reads}.{layer}",
             site_out=f"mlp_out.{layer}",
             skip=layer == skip_layer,
         )
@@ -61,13 +61,34 @@ def random_clt(model, d_sae=32, seed=2, decoder_scale=0.2, skip=True):
 
 
 def make_transcoders(model, kind: str):
+    if kind == "pre-gain":  # Gemma Scope's kind: reading x / rms(x) before the norm's gain
+        # Seed 2: no feature sits so near its threshold that a 1% change flips it, so the
+        # frozen model is linear around the prompt where the intervention tests probe it.
+        return random_transcoders(model, seed=2, reads="mlp_normalized")
     return random_transcoders(model) if kind == "per-layer" else random_clt(model)
 
 
+def pre_gain_inputs(model, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer ``[pos, d_model]`` ``x / rms(x)`` of each pre-MLP norm's input ``x``, from a plain
+    torch hook on transformers' modules (independent of gsnb's sites)."""
+    inputs = []
+    norms = [block.pre_feedforward_layernorm for block in model.text_model.layers]
+    handles = [n.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for n in norms]
+    try:
+        with torch.no_grad():
+            model.hf(input_ids=tokens[None])
+    finally:
+        for handle in handles:
+            handle.remove()
+    eps = model.config.rms_norm_eps
+    return [x[0] / (x[0].pow(2).mean(-1, keepdim=True) + eps).sqrt() for x in inputs]
+
+
 CONFIGS = dict(
-    params=[("gemma3", "per-layer"), ("gemma2", "per-layer"), ("gemma3", "clt")],
+    params=[("gemma3", "per-layer"), ("gemma2", "per-layer"), ("gemma3", "clt"),
+            ("gemma2", "pre-gain")],
     ids=lambda p: "-".join(p),
-)
+)  # fmt: skip
 """Fixture parameters: the architectures and transcoder kinds graphs are traced with."""
 
 
@@ -123,7 +144,7 @@ def target_values(
     return torch.cat([preacts, demeaned])
 
 
-@pytest.mark.parametrize("kind", ["per-layer", "clt"])
+@pytest.mark.parametrize("kind", ["per-layer", "clt", "pre-gain"])
 def test_replacement_model_reproduces_the_logits(kind):
     for arch in ("gemma3", "gemma2"):
         model = tiny_model(arch)
@@ -133,6 +154,23 @@ def test_replacement_model_reproduces_the_logits(kind):
         rm = ReplacementModel(model, transcoders, frozen)
         expected = model(tokens[None])[0]
         assert (rm.forward() - expected).abs().max() <= 1e-4
+        # Re-encoding from the replacement model's own transcoder inputs gives the same logits:
+        # it rebuilds each input (with the norm's gain or without) as the transcoder reads it.
+        assert (rm.forward(recompute_features=True) - expected).abs().max() <= 1e-4
+
+
+def test_pre_gain_transcoders_read_x_over_rms_in_the_replacement_model():
+    model = tiny_model("gemma2")
+    transcoders = make_transcoders(model, "pre-gain")
+    tokens = model.to_tokens(PROMPT)[0]
+    frozen = freeze_prompt(model, transcoders, tokens)
+    rm = ReplacementModel(model, transcoders, frozen)
+    expected = pre_gain_inputs(model, tokens)
+    _, cache = model.run_with_cache(tokens[None], model.sites(("resid_post", "mlp_out")))
+    for layer in range(model.n_layers):
+        resid_mid = cache[f"resid_post.{layer}"][0] - cache[f"mlp_out.{layer}"][0]
+        torch.testing.assert_close(rm.mlp_input(layer, resid_mid), expected[layer])
+        torch.testing.assert_close(frozen.mlp_in[layer], expected[layer])
 
 
 def test_edges_equal_the_jacobian_of_the_frozen_model(traced):
@@ -171,11 +209,16 @@ def test_every_node_input_is_its_edges_plus_fixed_biases(traced):
     )
     incoming = graph.adjacency[targets].sum(1)
     torch.testing.assert_close(incoming + biases_only, full, rtol=1e-4, atol=1e-4)
-    # And the feature inputs are the transcoders' real pre-activations on the prompt.
+    # And the feature inputs are the transcoders' real pre-activations on the prompt, from the
+    # value each one reads: the norm's output, or x / rms(x) from a plain torch hook.
     _, cache = model.run_with_cache(PROMPT, model.sites("mlp_in"))
+    pre_gain = pre_gain_inputs(model, graph.prompt_tokens)
     for node in range(0, graph.n_features, 7):
         layer, pos, feat = graph.features[node].tolist()
-        x = cache[f"mlp_in.{layer}"][0, pos]
+        reads_pre_gain = not isinstance(transcoders, CrossLayerTranscoder) and transcoders[
+            layer
+        ].site_in.startswith("mlp_normalized")
+        x = pre_gain[layer][pos] if reads_pre_gain else cache[f"mlp_in.{layer}"][0, pos]
         if isinstance(transcoders, CrossLayerTranscoder):
             pre = (x @ transcoders.W_enc[layer] + transcoders.b_enc[layer])[feat]
         else:
@@ -329,7 +372,12 @@ def test_missing_or_misplaced_transcoders_are_named():
     with pytest.raises(ValueError, match=r"missing layers \[1\]"):
         trace(model, {0: transcoders[0], 2: transcoders[2]}, PROMPT)
     wrong = JumpReLUSAE(SAEConfig(d_in=32, d_sae=8, site_in="resid_post.1"))
-    with pytest.raises(ValueError, match="must read mlp_in.1 and write mlp_out.1"):
+    with pytest.raises(
+        ValueError,
+        match=r"is given as the transcoder for layer 1 but reads resid_post.1 and writes "
+        r"resid_post.1: tracing needs one per layer that reads mlp_in.1 or mlp_normalized.1 and "
+        r"writes mlp_out.1",
+    ):
         trace(model, [transcoders[0], wrong, transcoders[2]], PROMPT)
     with pytest.raises(ValueError, match=r"logit_prob=0 must be in \(0, 1\]"):
         trace(model, transcoders, PROMPT, logit_prob=0)

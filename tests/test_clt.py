@@ -143,7 +143,9 @@ def test_bad_clt_files_and_models_are_named(tmp_path):
         CrossLayerTranscoder.load(tmp_path / "bad")
 
     other = random_clt(tiny_model("gemma3", n_layers=2))
-    with pytest.raises(ValueError, match="covers 2 layers but tiny-gemma3 has 3"):
+    with pytest.raises(
+        ValueError, match="does not fit tiny-gemma3: it covers 2 layers but the model has 3"
+    ):
         trace(model, other, PROMPT, progress=False)
 
 

@@ -260,7 +260,7 @@ def test_bad_input_gives_clear_errors(setup):
     with pytest.raises(ValueError, match="only control tokens"):
         run(model, sae, torch.full((2, 4), model.tokenizer.bos_token_id))
     other = JumpReLUSAE(SAEConfig(d_in=640, d_sae=8, site_in="resid_post.1", model_name="gemma"))
-    with pytest.raises(ValueError, match="trained on another model"):
+    with pytest.raises(ValueError, match="does not fit tiny-gemma3: it expects width 640"):
         run(model, other, tokens)
     with pytest.raises(ValueError, match="two SAEs read one site"):
         run(model, [sae, sae], tokens)

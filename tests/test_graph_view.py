@@ -95,3 +95,19 @@ def _resid_sae(model):
     from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
     return JumpReLUSAE(SAEConfig(d_in=model.d_model, d_sae=8, site_in="resid_post.0"))
+
+
+def test_gemma_scope_transcoders_reading_the_pre_gain_input_give_hover_stats():
+    import torch
+
+    from gsnb.analysis.features import feature_stats
+
+    model = tiny_model("gemma2")
+    transcoders = random_transcoders(model, reads="mlp_normalized")
+    graph = trace(model, transcoders, PROMPT, progress=False)
+    tokens = torch.randint(3, model.hf.config.vocab_size, (4, 8), generator=torch.Generator())
+    stats = feature_stats(model, transcoders, tokens, k=2, progress=False)
+    view = GraphView(graph, stats=stats)
+    assert {layer: st.site_in for layer, st in view.stats.items()} == {
+        layer: f"mlp_normalized.{layer}" for layer in range(model.n_layers)
+    }

@@ -99,7 +99,8 @@ def test_gemma_scope_npz_loads_offline_with_its_sites(hub):
     [
         ("gemma-scope-2b-pt-mlp", "mlp_out.5", "mlp_out.5"),
         ("gemma-scope-2b-pt-att", "attn_out.5", "attn_out.5"),
-        ("gemma-scope-2b-pt-transcoders", "mlp_in.5", "mlp_out.5"),
+        # Gemma Scope's transcoders read x / rms(x), before the pre-MLP norm's gain.
+        ("gemma-scope-2b-pt-transcoders", "mlp_normalized.5", "mlp_out.5"),
     ],
 )
 def test_gemma_scope_sites_follow_the_release(hub, release, site_in, site_out):
@@ -110,65 +111,80 @@ def test_gemma_scope_sites_follow_the_release(hub, release, site_in, site_out):
     assert (sae.site_in, sae.site_out) == (site_in, site_out)
 
 
-def test_canonical_picks_the_cached_l0_closest_to_100(hub):
-    for l0 in (22, 71, 139, 294):
-        hub.add(
-            "google/gemma-scope-2b-pt-res",
-            f"layer_20/width_{WIDTH}/average_l0_{l0}/params.npz",
-            npz_bytes(arrays(seed=l0)),
-        )
-    sae = load_sae(
-        "gemma-scope-2b-pt-res-canonical", f"layer_20/width_{WIDTH}/canonical", device="cpu"
-    )
-    assert_weights(sae, arrays(seed=71))
+def add_16k_files(hub: HubCache, suite: str, layer: int, l0s: tuple[int, ...]) -> None:
+    """Gemma Scope files of width 16k at ``layer``, one per average L0 (seeded by the L0)."""
+    for l0 in l0s:
+        path = f"layer_{layer}/width_16k/average_l0_{l0}/params.npz"
+        hub.add(f"google/gemma-scope-{suite}", path, npz_bytes(arrays(d_sae=16384, seed=l0)))
+
+
+def test_canonical_is_saelens_pick_with_its_neuronpedia_id(hub):
+    # SAELens' gemma-scope-2b-pt-res-canonical maps layer_20/width_16k/canonical to L0 71.
+    add_16k_files(hub, "2b-pt-res", 20, (71, 139))
+    sae = load_sae("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical", device="cpu")
+    assert_weights(sae, arrays(d_sae=16384, seed=71))
     assert sae.cfg.l0_target == 71
-    assert sae.cfg.neuronpedia_id == f"gemma-2-2b/20-gemmascope-res-{WIDTH}"
-    assert sae.cfg.sae_id == f"layer_20/width_{WIDTH}/canonical"
-    assert list_sae_ids("gemma-scope-2b-pt-res-canonical") == [f"layer_20/width_{WIDTH}/canonical"]
+    assert sae.cfg.neuronpedia_id == "gemma-2-2b/20-gemmascope-res-16k"
+    assert sae.cfg.sae_id == "layer_20/width_16k/canonical"
     # The explicit id of the canonical file gets the same Neuronpedia id; the others none.
-    explicit = load_sae(
-        "gemma-scope-2b-pt-res", f"layer_20/width_{WIDTH}/average_l0_71", device="cpu"
-    )
-    assert explicit.cfg.neuronpedia_id == f"gemma-2-2b/20-gemmascope-res-{WIDTH}"
-    other = load_sae(
-        "gemma-scope-2b-pt-res", f"layer_20/width_{WIDTH}/average_l0_139", device="cpu"
-    )
+    explicit = load_sae("gemma-scope-2b-pt-res", "layer_20/width_16k/average_l0_71", device="cpu")
+    assert explicit.cfg.neuronpedia_id == "gemma-2-2b/20-gemmascope-res-16k"
+    other = load_sae("gemma-scope-2b-pt-res", "layer_20/width_16k/average_l0_139", device="cpu")
     assert other.cfg.neuronpedia_id is None
 
 
+def test_canonical_follows_saelens_not_the_l0_closest_to_100(hub):
+    # SAELens' canonical 9B MLP SAE at layer 3, width 16k, has L0 126, though 99 exists.
+    add_16k_files(hub, "9b-pt-mlp", 3, (99, 126))
+    sae = load_sae("gemma-scope-9b-pt-mlp-canonical", "layer_3/width_16k/canonical", device="cpu")
+    assert sae.cfg.l0_target == 126
+    assert_weights(sae, arrays(d_sae=16384, seed=126))
+
+
+@pytest.mark.parametrize(
+    ("release", "sae_id", "widths"),
+    [
+        ("gemma-scope-2b-pt-res-canonical", "layer_12/width_131k/canonical", "16k, 32k, 65k, 262k"),
+        ("gemma-scope-9b-pt-res-canonical", "layer_20/width_262k/canonical", "16k, 32k, 65k, 131k"),
+    ],
+)
+def test_canonical_ids_saelens_lacks_are_refused(hub, release, sae_id, widths):
+    # The repos hold these widths at these layers, but no canonical pick exists for them.
+    with pytest.raises(
+        ValueError,
+        match=rf"has no canonical SAE '{sae_id}': SAELens and Neuronpedia have canonical SAEs at "
+        rf"layer \d+ for width {widths}, .* and gsnb invents none. .*explicit L0",
+    ):
+        load_sae(release, sae_id)
+    assert sae_id not in list_sae_ids(release)
+
+
+def test_canonical_ids_are_listed_offline_as_saelens_has_them(hub):
+    ids = list_sae_ids("gemma-scope-2b-pt-res-canonical")  # no cache, no network: the table
+    assert len(ids) == 58  # 26 layers x (16k, 65k), 1m at 3 layers, 32k/262k/524k at layer 12
+    assert "layer_12/width_262k/canonical" in ids and "layer_12/width_131k/canonical" not in ids
+    assert list_sae_ids("gemma-scope-27b-pt-res-canonical") == [
+        f"layer_{n}/width_131k/canonical" for n in (10, 22, 34)
+    ]
+
+
 def test_canonical_transcoders_are_neuronpedias_set(hub):
-    repo = "google/gemma-scope-2b-pt-transcoders"
-    for l0 in (5, 99):  # Neuronpedia shows layer 11 at L0 5, far from 100
-        hub.add(
-            repo, f"layer_11/width_16k/average_l0_{l0}/params.npz", npz_bytes(arrays(d_sae=16384))
-        )
+    add_16k_files(hub, "2b-pt-transcoders", 11, (5, 99))  # Neuronpedia shows L0 5, far from 100
     sae = load_sae("gemma-scope-2b-pt-transcoders-canonical", "layer_11/width_16k/canonical")
     assert (sae.cfg.l0_target, sae.cfg.neuronpedia_id) == (
         5,
         "gemma-2-2b/11-gemmascope-transcoder-16k",
     )
-    for l0 in (40, 120):  # other widths: closest to 100, and no Neuronpedia page
-        hub.add(repo, f"layer_2/width_{WIDTH}/average_l0_{l0}/params.npz", npz_bytes(arrays()))
-    sae = load_sae("gemma-scope-2b-pt-transcoders-canonical", f"layer_2/width_{WIDTH}/canonical")
-    assert (sae.cfg.l0_target, sae.cfg.neuronpedia_id) == (120, None)
+    # Other widths have no Neuronpedia set, so no canonical id either.
+    with pytest.raises(ValueError, match="no canonical SAE 'layer_2/width_65k/canonical'"):
+        load_sae("gemma-scope-2b-pt-transcoders-canonical", "layer_2/width_65k/canonical")
 
 
-def test_canonical_ties_go_to_the_lower_l0(hub):
-    for l0 in (64, 136):
-        hub.add(
-            "google/gemma-scope-9b-pt-mlp",
-            f"layer_3/width_{WIDTH}/average_l0_{l0}/params.npz",
-            npz_bytes(arrays(seed=l0)),
-        )
-    sae = load_sae(
-        "gemma-scope-9b-pt-mlp-canonical", f"layer_3/width_{WIDTH}/canonical", device="cpu"
-    )
-    assert sae.cfg.l0_target == 64
-
-
-def test_canonical_without_any_listing_says_what_to_do(hub):
+def test_canonical_resolves_offline_and_a_missing_file_is_named(hub):
     with pytest.raises(
-        FileNotFoundError, match="cannot resolve layer_20/width_16k/canonical.*Run once online"
+        FileNotFoundError,
+        match=r"google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71/params.npz is not "
+        r"in the local Hugging Face cache",
     ):
         load_sae("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical")
 
@@ -212,11 +228,13 @@ def test_file_whose_width_disagrees_with_its_id_is_refused(hub):
 
 
 def test_width_labels_name_powers_of_two():
-    from gsnb.saes.releases import _width
+    from gsnb.saes.sae import parse_width
 
     labels = {"1k": 1024, "4k": 4096, "16k": 16384, "32k": 32768, "65k": 65536, "131k": 131072,
-              "262k": 262144, "524k": 524288, "1m": 1048576, "48": 48}  # fmt: skip
-    assert {label: _width(label) for label in labels} == labels
+              "262k": 262144, "524k": 524288, "1m": 1048576, "48": 48, 16384: 16384}  # fmt: skip
+    assert {label: parse_width(label) for label in labels} == labels
+    with pytest.raises(ValueError, match="width label '17k' names no power of two"):
+        parse_width("17k")
 
 
 def test_transcoder_reads_mlp_in_writes_mlp_out(hub, gemma3):
@@ -264,7 +282,7 @@ def test_neuronpedia_ids_follow_the_public_naming(hub):
     )
     sae = load_sae("gemma-scope-2b-pt-transcoders", "layer_11/width_16k/average_l0_5", device="cpu")
     assert sae.cfg.neuronpedia_id == "gemma-2-2b/11-gemmascope-transcoder-16k"
-    assert (sae.site_in, sae.site_out) == ("mlp_in.11", "mlp_out.11")
+    assert (sae.site_in, sae.site_out) == ("mlp_normalized.11", "mlp_out.11")
 
 
 def test_missing_file_offline_names_the_cache_and_the_fix(hub):
@@ -400,3 +418,139 @@ def test_list_releases_covers_both_suites():
     assert releases["gemma-scope-2-270m-pt"].model_name == "google/gemma-3-270m"
     assert releases["gemma-scope-2-1b-pt"].model_name == "google/gemma-3-1b-pt"
     assert releases["gemma-scope-2-27b-it"].neuronpedia_model == "gemma-3-27b-it"
+
+
+def test_saelens_gemma_scope_2_names_are_aliases(hub):
+    repo, folder = "google/gemma-scope-2-270m-pt", "resid_post_all/layer_3_width_16k_l0_small"
+    a = arrays(d_sae=16384)
+    hub.add(repo, f"{folder}/params.safetensors", gs2_bytes(a))
+    sae = load_sae("gemma-scope-2-270m-pt-res-all", "layer_3_width_16k_l0_small", device="cpu")
+    assert_weights(sae, a)
+    # Loaded by either name, the SAE carries gsnb's names, so both spellings give equal SAEs.
+    assert (sae.cfg.release, sae.cfg.sae_id, sae.site_in) == (
+        "gemma-scope-2-270m-pt",
+        folder,
+        "resid_post.3",
+    )
+
+
+@pytest.mark.parametrize(
+    ("alias", "sae_id", "folder", "sites"),
+    [
+        ("gemma-scope-2-1b-it-mlp-all", "layer_2_width_1k_l0_big", "mlp_out_all", "mlp_out.2"),
+        ("gemma-scope-2-4b-pt-att", "layer_9_width_1k_l0_medium", "attn_out", "attn_out.9"),
+        (
+            "gemma-scope-2-270m-it-transcoders-all",
+            "layer_4_width_1k_l0_small_affine",
+            "transcoder_all",
+            "mlp_in.4->mlp_out.4",
+        ),
+        # SAELens' ids in the depth-sweep transcoder releases keep the folder name.
+        (
+            "gemma-scope-2-270m-it-transcoders",
+            "transcoder/layer_9_width_1k_l0_big_affine",
+            "transcoder",
+            "mlp_in.9->mlp_out.9",
+        ),
+    ],
+)
+def test_each_saelens_kind_maps_to_its_folder(hub, alias, sae_id, folder, sites):
+    release = alias.removesuffix("-all").rsplit("-", 1)[0]
+    name = sae_id.removeprefix("transcoder/")
+    a = arrays(skip=name.endswith("_affine"))
+    hub.add(f"google/{release}", f"{folder}/{name}/params.safetensors", gs2_bytes(a))
+    sae = load_sae(alias, sae_id, device="cpu")
+    assert_weights(sae, a)
+    assert sae.cfg.sae_id == f"{folder}/{name}"
+    assert (sae.site_in if not sae.is_transcoder else f"{sae.site_in}->{sae.site_out}") == sites
+
+
+def test_list_sae_ids_speaks_the_naming_of_the_release_asked(hub):
+    repo = "google/gemma-scope-2-270m-pt"
+    folders = [
+        "resid_post_all/layer_3_width_1k_l0_small",
+        "resid_post_all/layer_4_width_1k_l0_big",
+        "transcoder/layer_9_width_1k_l0_small_affine",
+        "mlp_out_all/layer_1_width_1k_l0_small",
+    ]
+    for folder in folders:
+        hub.add(repo, f"{folder}/params.safetensors", gs2_bytes(arrays()))
+    assert list_sae_ids("gemma-scope-2-270m-pt") == sorted(folders)
+    assert list_sae_ids("gemma-scope-2-270m-pt-res-all") == [
+        "layer_3_width_1k_l0_small",
+        "layer_4_width_1k_l0_big",
+    ]
+    assert list_sae_ids("gemma-scope-2-270m-pt-transcoders") == [
+        "transcoder/layer_9_width_1k_l0_small_affine"
+    ]
+    assert list_sae_ids("gemma-scope-2-270m-pt-res") == []  # no resid_post/ depth sweep cached
+    with pytest.raises(
+        ValueError,
+        match=r"unknown sae_id 'layer_3_width_1k_l0_smal' for gemma-scope-2-270m-pt-res-all "
+        r"\(SAELens' name for gemma-scope-2-270m-pt's resid_post_all folder\)\. "
+        r"Close matches: layer_3_width_1k_l0_small",
+    ):
+        load_sae("gemma-scope-2-270m-pt-res-all", "layer_3_width_1k_l0_smal")
+    with pytest.raises(ValueError, match="Close matches: gemma-scope-2-270m-pt-res-all"):
+        load_sae("gemma-scope-2-270m-pt-res-al", "layer_3_width_1k_l0_small")
+
+
+def plain_pre_mlp_norm_inputs(hf, tokens: torch.Tensor) -> list[np.ndarray]:
+    """Per layer ``[pos, d_model]`` input of ``pre_feedforward_layernorm`` from a plain torch hook
+    on the transformers model (nothing of gsnb's), as float64 numpy."""
+    inputs = []
+    norms = [layer.pre_feedforward_layernorm for layer in hf.model.layers]
+    handles = [n.register_forward_pre_hook(lambda _m, a: inputs.append(a[0])) for n in norms]
+    try:
+        with torch.no_grad():
+            hf(input_ids=tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [x[0].double().numpy() for x in inputs]
+
+
+def test_gemma_scope_transcoders_encode_x_over_rms_before_the_gain(hub):
+    """Gemma Scope (Gemma 2) transcoders were trained on x / rms(x), the pre-MLP RMSNorm's value
+    before its (1 + w) gain; on a Gemma 2 with perturbed gains, gsnb's features equal a numpy
+    encoder on that value, and tracing on them reproduces the model's logits."""
+    from conftest import tiny_model
+
+    from gsnb.circuits.tracing import ReplacementModel, freeze_prompt, trace
+
+    model = tiny_model("gemma2")
+    repo, params = "google/gemma-scope-2b-pt-transcoders", {}
+    for layer in range(model.n_layers):
+        params[layer] = arrays(d_in=model.d_model, seed=10 + layer)
+        folder = f"layer_{layer}/width_{WIDTH}/average_l0_{40 + layer}"
+        hub.add(repo, f"{folder}/params.npz", npz_bytes(params[layer]))
+    transcoders = [
+        load_sae(
+            "gemma-scope-2b-pt-transcoders",
+            f"layer_{layer}/width_{WIDTH}/average_l0_{40 + layer}",
+            device="cpu",
+        )
+        for layer in range(model.n_layers)
+    ]
+    tokens = model.to_tokens("the cat sat on the mat .")
+    inputs = plain_pre_mlp_norm_inputs(model.hf, tokens)
+    eps = model.config.rms_norm_eps
+    expected = []
+    for layer, tc in enumerate(transcoders):
+        x = inputs[layer] / np.sqrt((inputs[layer] ** 2).mean(-1, keepdims=True) + eps)
+        a = {k: v.astype(np.float64) for k, v in params[layer].items()}
+        pre = x @ a["W_enc"] + a["b_enc"]
+        expected.append(np.where(pre > a["threshold"], np.maximum(pre, 0), 0))
+        _, cache = model.run_with_cache(tokens, [tc.site_in])
+        got = tc.encode(cache[tc.site_in])[0].detach().double().numpy()
+        assert 0 < (expected[-1] > 0).mean() < 1  # some features fire, some do not
+        np.testing.assert_allclose(got, expected[-1], rtol=1e-4, atol=1e-4)
+    # The attribution graph's features are the same activations, and its replacement model
+    # reproduces the logits.
+    graph = trace(model, transcoders, tokens[0], max_feature_nodes=40, progress=False)
+    for (layer, pos, feat), act in zip(graph.features.tolist(), graph.activations.tolist()):
+        assert act == pytest.approx(expected[layer][pos, feat], rel=1e-4, abs=1e-4)
+    frozen = freeze_prompt(model, transcoders, tokens[0])
+    replacement = ReplacementModel(model, transcoders, frozen)
+    logits = model(tokens)[0]
+    assert (replacement.forward() - logits).abs().max() <= 1e-5

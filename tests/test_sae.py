@@ -58,6 +58,7 @@ KINDS = {
     "sae": dict(site_in="resid_post.1"),
     "transcoder": dict(site_in="mlp_in.1", site_out="mlp_out.1"),
     "skip_transcoder": dict(site_in="mlp_in.1", site_out="mlp_out.1"),
+    "pre_gain_transcoder": dict(site_in="mlp_normalized.1", site_out="mlp_out.1"),
 }
 
 
@@ -124,11 +125,33 @@ def test_saelens_files_use_saelens_names_and_skip_orientation(tmp_path):
     sae.save(tmp_path, format="saelens")
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     assert cfg["architecture"] == "jumprelu_skip_transcoder"
-    assert cfg["metadata"]["hook_name"] == "blocks.1.ln2.hook_normalized"
+    # As SAELens names Gemma Scope 2's transcoders: hook_mlp_in, with the exact HF hook point.
+    assert cfg["metadata"]["hook_name"] == "blocks.1.hook_mlp_in"
+    assert cfg["metadata"]["hf_hook_name"] == "model.layers.1.pre_feedforward_layernorm.output"
     assert cfg["metadata"]["hook_name_out"] == "blocks.1.hook_mlp_out"
     stored = load_numpy(str(tmp_path / "sae_weights.safetensors"))
     # SAELens adds x @ W_skip.T, so it stores our W_skip transposed.
     np.testing.assert_array_equal(stored["W_skip"], sae.W_skip.detach().numpy().T)
+
+
+def test_saelens_names_the_pre_gain_input_ln2_hook_normalized(tmp_path):
+    # TransformerLens' ln2.hook_normalized is x / rms(x) before the gain: SAELens' name for what
+    # Gemma Scope (Gemma 2) transcoders read, gsnb's mlp_normalized.
+    sae_from(random_arrays(), **KINDS["pre_gain_transcoder"]).save(tmp_path, format="saelens")
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert (cfg["metadata"]["hook_name"], cfg["metadata"]["hf_hook_name"]) == (
+        "blocks.1.ln2.hook_normalized",
+        None,
+    )
+    # As SAELens configures Gemma Scope's transcoders: TransformerLens names only.
+    cfg["metadata"] = {
+        "hook_name": "blocks.4.ln2.hook_normalized",
+        "hook_name_out": "blocks.4.hook_mlp_out",
+        "sae_lens_version": "6.0.0",
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    loaded = JumpReLUSAE.load(tmp_path)
+    assert (loaded.site_in, loaded.site_out) == ("mlp_normalized.4", "mlp_out.4")
 
 
 def test_saelens_apply_b_dec_to_input_is_folded_into_b_enc(tmp_path):
@@ -235,6 +258,18 @@ def test_width_disagreeing_with_config_json_is_refused(tmp_path):
         JumpReLUSAE.load(folder)
 
 
+def test_config_json_width_may_be_a_label(tmp_path):
+    # Gemma Scope 2's config.json may give the width as its label ("16k" = 16384 features).
+    folder = write_gs2(tmp_path / "a", random_arrays(d_sae=1024), {"width": "1k"})
+    assert JumpReLUSAE.load(folder).d_sae == 1024
+    folder = write_gs2(tmp_path / "b", random_arrays(d_sae=1024), {"width": "16k"})
+    with pytest.raises(ValueError, match="config says width 16k but the weights have 1024"):
+        JumpReLUSAE.load(folder)
+    folder = write_gs2(tmp_path / "c", random_arrays(d_sae=1024), {"width": "big"})
+    with pytest.raises(ValueError, match="width 'big' is not a number or a label like '16k'"):
+        JumpReLUSAE.load(folder)
+
+
 def test_nan_weights_are_refused(tmp_path):
     arrays = random_arrays()
     arrays["b_enc"][3] = np.nan
@@ -276,16 +311,29 @@ def test_check_model_accepts_matching_sites(model):
 
 def test_check_model_refuses_a_site_the_model_lacks(model):
     sae = sae_from(random_arrays(), site_in="resid_post.7")
-    with pytest.raises(ValueError, match=r"out of range: this model has layers 0\.\.2"):
+    with pytest.raises(ValueError, match=r"it reads resid_post.7 but the model has layers 0\.\.2"):
         sae.check_model(model)
 
 
 def test_check_model_refuses_another_models_width(model):
-    sae = sae_from(random_arrays(d_in=48), site_in="resid_post.1", model_name="google/gemma-2-2b")
-    with pytest.raises(ValueError, match="expects width 48 at resid_post.1 but tiny-.* has 32"):
+    sae = sae_from(
+        random_arrays(d_in=48),
+        site_in="resid_post.1",
+        model_name="google/gemma-2-2b",
+        release="gemma-scope-2b-pt-res",
+        sae_id="layer_1/width_16k/average_l0_71",
+    )
+    # One message: which SAE (release and id), expected and found widths, and the fix.
+    with pytest.raises(
+        ValueError,
+        match=r"'layer_1/width_16k/average_l0_71' of gemma-scope-2b-pt-res .* does not fit "
+        r"tiny-gemma\d: it expects width 48 at resid_post.1 \(the site it reads\) but the model "
+        r"has 32 there\. It was made for google/gemma-2-2b: use it with that model "
+        r"\(gsnb.load_model\('google/gemma-2-2b'\)\)",
+    ):
         sae.check_model(model)
     sae = sae_from(random_arrays(d_in=32), site_in="attn_out.1")
-    with pytest.raises(ValueError, match="expects width 32 at attn_out.1 .* has 64"):
+    with pytest.raises(ValueError, match="expects width 32 at attn_out.1 .* has 64 there .*o_proj"):
         sae.check_model(model)
 
 

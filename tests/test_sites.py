@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gsnb.core.sites import parse_site, site_names
+from gsnb.core.sites import parse_site, site_names, target_name, transcoder_layer, transcoder_sites
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -67,7 +67,7 @@ def mlp_by_hand(block, x: torch.Tensor) -> torch.Tensor:
 def test_every_site_equals_a_by_hand_decoder_block(model):
     tokens = model.to_tokens(["the cat sat on the mat .", "a dog ran to the park"])
     tokens = tokens[:, :7]
-    sites = model.sites(("embed", "resid_post", "attn_out", "mlp_in", "mlp_out"))
+    sites = model.sites(("embed", "resid_post", "attn_out", "mlp_normalized", "mlp_in", "mlp_out"))
     logits, cache = model.run_with_cache(tokens, sites)
     eps = model.config.rms_norm_eps
 
@@ -83,6 +83,11 @@ def test_every_site_equals_a_by_hand_decoder_block(model):
             attn_out @ block.self_attn.o_proj.weight.T, block.post_attention_layernorm.weight, eps
         )
         resid_mid = resid + attn_update
+        # mlp_normalized: the pre-MLP norm's input over its RMS, before the (1 + w) gain.
+        normalized = resid_mid / (resid_mid.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        torch.testing.assert_close(
+            cache[f"mlp_normalized.{layer}"], normalized, rtol=1e-4, atol=1e-5
+        )
         mlp_in = rms_norm(resid_mid, block.pre_feedforward_layernorm.weight, eps)
         torch.testing.assert_close(cache[f"mlp_in.{layer}"], mlp_in, rtol=1e-4, atol=1e-5)
         mlp_out = rms_norm(mlp_by_hand(block, mlp_in), block.post_feedforward_layernorm.weight, eps)
@@ -107,6 +112,7 @@ def test_resid_post_matches_transformers_hidden_states(model):
 def test_site_widths(model):
     assert model.site_width("attn_out.0") == model.n_heads * model.head_dim
     assert model.site_width("mlp_in.1") == model.d_model
+    assert model.site_width("mlp_normalized.1") == model.d_model
     _, cache = model.run_with_cache("the cat", ["attn_out.1"])
     assert cache["attn_out.1"].shape[-1] == model.site_width("attn_out.1")
 
@@ -124,12 +130,31 @@ def test_site_names_are_in_forward_order():
         "model.layers.3.post_feedforward_layernorm.output"
     )
     assert parse_site("attn_out.2").hf_hook_point == "model.layers.2.self_attn.o_proj.input"
+    # The pre-gain value is computed just before mlp_in, from the same norm.
+    assert site_names(1, ("mlp_in", "mlp_out", "mlp_normalized")) == [
+        "mlp_normalized.0",
+        "mlp_in.0",
+        "mlp_out.0",
+    ]
+
+
+def test_transcoder_sites_are_named_in_one_place():
+    assert transcoder_sites(3) == ("mlp_in.3", "mlp_out.3")
+    assert transcoder_sites(3, reads="mlp_normalized") == ("mlp_normalized.3", "mlp_out.3")
+    assert transcoder_layer("mlp_normalized.3", "mlp_out.3") == 3
+    assert transcoder_layer("mlp_in.2", "mlp_out.2") == 2
+    assert transcoder_layer("mlp_in.2", "mlp_out.3") is None
+    assert transcoder_layer("resid_post.2", "resid_post.2") is None
+    assert target_name("mlp_in.2", "mlp_out.2") == "transcoder.2"
+    assert target_name("mlp_normalized.2", "mlp_out.2") == "mlp_normalized.2->mlp_out.2"
+    with pytest.raises(ValueError, match="reads one of mlp_in, mlp_normalized, not 'resid_post'"):
+        transcoder_sites(1, reads="resid_post")
 
 
 @pytest.mark.parametrize(
     ("site", "message"),
     [
-        ("resid_pre.1", "kind one of resid_post, attn_out, mlp_in, mlp_out"),
+        ("resid_pre.1", "kind one of resid_post, attn_out, mlp_in, mlp_out, mlp_normalized"),
         ("resid_post", "kind one of"),
         ("mlp_out.x", "kind one of"),
         ("mlp_out.3", r"layers 0\.\.2"),

@@ -628,9 +628,9 @@ def direct_logit_attribution(
     if not feats:
         raise ValueError("no features given: pass a feature index or a list of them")
     site = model.parse_site(sae.site_out)
-    if site.kind == "mlp_in":
+    if site.kind in ("mlp_in", "mlp_normalized"):
         raise ValueError(
-            f"{sae!r} writes mlp_in, which is not in the residual stream; direct logit "
+            f"{sae!r} writes {site.kind}, which is not in the residual stream; direct logit "
             "attribution needs an SAE that writes resid_post, mlp_out, attn_out or embed"
         )
     rows = sae.W_dec.detach()[feats].to(model.device, torch.float32)  # [n, d_out]

@@ -626,6 +626,7 @@ def feature_activations(model, sae: JumpReLUSAE, text: str, feature: int | None 
         raise ValueError("the text is empty: type some text to encode")
     if feature is not None and not 0 <= int(feature) < sae.d_sae:
         raise IndexError(f"feature {feature} is out of range: this SAE has {sae.d_sae}")
+    sae.check_model(model)
     tokens = model.to_tokens(text)  # raises past the model's context
     _, cache = model.run_with_cache(tokens, [sae.site_in], stop_early=True)
     acts = sae.encode(cache[sae.site_in].to(sae.W_enc.device))[0].float().cpu()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gsnb.core.sites import parse_site
+from gsnb.core.sites import TRANSCODER_INPUTS, parse_site
 
 
 def stats_by_layer(stats, graph) -> dict:
     """``{layer: FeatureStats}`` from one FeatureStats, a list or a dict of them (as
-    :func:`gsnb.feature_stats` returns), matched to layers by the site they read (``mlp_in.L``).
+    :func:`gsnb.feature_stats` returns), matched to layers by the site they read (``mlp_in.L``, or ``mlp_normalized.L`` for Gemma Scope's
+    transcoders).
 
     Raises ``ValueError`` for stats of an SAE that is no transcoder, or of transcoders narrower
     than the graph's feature indices."""
@@ -25,10 +26,11 @@ def stats_by_layer(stats, graph) -> dict:
     by_layer = {}
     for st in items:
         site = parse_site(st.site_in)
-        if site.kind != "mlp_in":
+        if site.kind not in TRANSCODER_INPUTS:
             raise ValueError(
                 f"{st!r} describes an SAE reading {st.site_in}; a graph's features are "
-                "transcoder features reading mlp_in.L: pass the transcoders' FeatureStats"
+                f"transcoder features reading one of {', '.join(TRANSCODER_INPUTS)}: pass the "
+                "transcoders' FeatureStats"
             )
         by_layer[site.layer] = st
     features = graph.features
@@ -37,7 +39,7 @@ def stats_by_layer(stats, graph) -> dict:
         if len(mine) and int(mine[:, 2].max()) >= st.d_sae:
             raise ValueError(
                 f"the graph has feature {int(mine[:, 2].max())} at layer {layer} but the stats "
-                f"for mlp_in.{layer} cover {st.d_sae} features: they describe other transcoders"
+                f"for {st.site_in} cover {st.d_sae} features: they describe other transcoders"
             )
     return by_layer
 

@@ -24,7 +24,9 @@ from tqdm.auto import tqdm
 from gsnb.circuits.graph import Graph
 from gsnb.circuits.targets import Target, custom_targets, top_logits
 from gsnb.core.hooks import capture_fns
+from gsnb.core.sites import parse_site, transcoder_layer
 from gsnb.saes.clt import CrossLayerTranscoder, PerLayerTranscoders, reconstruct
+from gsnb.saes.sae import describe
 
 
 @dataclass
@@ -40,7 +42,8 @@ class FrozenPrompt:
     norm_scales: dict[str, torch.Tensor]
     """``"{input,post_attn,pre_ff}.{layer}"`` and ``"final"`` -> ``[pos]`` reciprocal RMS."""
     mlp_in: list[torch.Tensor]
-    """Per layer ``[pos, d_model]`` transcoder inputs."""
+    """Per layer ``[pos, d_model]`` transcoder inputs (``mlp_in.L`` or ``mlp_normalized.L``, the
+    site each transcoder reads)."""
     errors: list[torch.Tensor]
     """Per layer ``[pos, d_model]`` ``true mlp_out - transcoder output``."""
     activations: list[torch.Tensor]
@@ -81,10 +84,11 @@ def _check_transcoders(model, transcoders) -> Stack:
         )
     ordered = [by_layer[layer] for layer in range(model.n_layers)]
     for layer, tc in enumerate(ordered):
-        if (tc.site_in, tc.site_out) != (f"mlp_in.{layer}", f"mlp_out.{layer}"):
+        if transcoder_layer(tc.site_in, tc.site_out) != layer:
             raise ValueError(
-                f"the transcoder for layer {layer} reads {tc.site_in} and writes {tc.site_out}; "
-                f"it must read mlp_in.{layer} and write mlp_out.{layer}"
+                f"{describe(tc)} is given as the transcoder for layer {layer} but reads "
+                f"{tc.site_in} and writes {tc.site_out}: tracing needs one per layer that reads "
+                f"mlp_in.{layer} or mlp_normalized.{layer} and writes mlp_out.{layer}"
             )
         tc.check_model(model)
     return PerLayerTranscoders(ordered)
@@ -99,6 +103,13 @@ def _gain(norm) -> torch.Tensor:
     return 1.0 + norm.weight.detach().float()
 
 
+def _input_gain(stack: Stack, layer: int, block) -> torch.Tensor:
+    """``[d_model]`` gain on the transcoder's input beyond ``resid_mid / rms``: the pre-MLP
+    norm's for ``mlp_in``, none for ``mlp_normalized`` (Gemma Scope's transcoders)."""
+    gain = _gain(block.pre_feedforward_layernorm)
+    return gain if parse_site(stack.input_site(layer)).kind == "mlp_in" else torch.ones_like(gain)
+
+
 @torch.no_grad()
 def freeze_prompt(model, transcoders, tokens: torch.Tensor) -> FrozenPrompt:
     """Run the model once on ``tokens [pos]`` and keep what the replacement model freezes.
@@ -106,9 +117,10 @@ def freeze_prompt(model, transcoders, tokens: torch.Tensor) -> FrozenPrompt:
     ``transcoders``: a list of per-layer transcoders, or a stack (see :func:`as_stack`)."""
     stack = as_stack(transcoders)
     sites = ["embed"] + [
-        f"{k}.{layer}"
+        site
         for layer in range(model.n_layers)
-        for k in ("attn_out", "mlp_in", "mlp_out", "resid_post")
+        for site in (f"attn_out.{layer}", stack.input_site(layer), f"mlp_out.{layer}")
+        + (f"resid_post.{layer}",)
     ]
     # Attention probabilities come back only from the eager implementation.
     previous = model.hf.config._attn_implementation
@@ -134,7 +146,7 @@ def freeze_prompt(model, transcoders, tokens: torch.Tensor) -> FrozenPrompt:
         scales[f"post_attn.{layer}"] = _rms_scale(attn_update, eps)
         resid_mid = cache[f"resid_post.{layer}"] - cache[f"mlp_out.{layer}"]
         scales[f"pre_ff.{layer}"] = _rms_scale(resid_mid, eps)
-        x = cache[f"mlp_in.{layer}"]
+        x = cache[stack.input_site(layer)]
         mlp_in.append(x)
         acts.append(stack.encode(layer, x).float())
         resid = cache[f"resid_post.{layer}"]
@@ -177,7 +189,7 @@ class ReplacementModel:
                     W_o=block.self_attn.o_proj.weight.detach().float(),
                     g_in=_gain(block.input_layernorm),
                     g_pa=_gain(block.post_attention_layernorm),
-                    g_pf=_gain(block.pre_feedforward_layernorm),
+                    g_tc=_input_gain(self.stack, layer, block),
                 )
             )
         self.g_final = _gain(model.text_model.norm)
@@ -195,7 +207,7 @@ class ReplacementModel:
 
     def mlp_input(self, layer: int, resid_mid: torch.Tensor) -> torch.Tensor:
         p, s = self.layers[layer], self.frozen.norm_scales
-        return resid_mid * s[f"pre_ff.{layer}"][:, None] * p["g_pf"]
+        return resid_mid * s[f"pre_ff.{layer}"][:, None] * p["g_tc"]
 
     def forward(
         self,
@@ -246,7 +258,7 @@ class ReplacementModel:
 
         Args:
             inject: ``{layer: [batch, pos, d]}`` gradients added at ``resid_mid`` of that layer
-                (feature targets read ``mlp_in.layer``, computed from ``resid_mid``).
+                (feature targets read the transcoder input, computed from ``resid_mid``).
             g_final: ``[batch, pos, d]`` gradient at the last residual stream (logit targets).
 
         Returns:
@@ -266,7 +278,7 @@ class ReplacementModel:
             grad_mid = grad
             if skip is not None:
                 grad_mid = (
-                    grad_mid + (grad @ skip.float().T) * p["g_pf"] * s[f"pre_ff.{layer}"][:, None]
+                    grad_mid + (grad @ skip.float().T) * p["g_tc"] * s[f"pre_ff.{layer}"][:, None]
                 )
             if layer in inject:
                 grad_mid = grad_mid + inject[layer]
@@ -299,7 +311,8 @@ def trace(
     Args:
         model: a :class:`gsnb.Model`.
         transcoders: one transcoder per layer (a list, or ``{layer: transcoder}``), each reading
-            ``mlp_in.L`` and writing ``mlp_out.L``; or a :class:`gsnb.CrossLayerTranscoder`
+            ``mlp_in.L`` (or ``mlp_normalized.L``, as Gemma Scope's do) and writing
+            ``mlp_out.L``; or a :class:`gsnb.CrossLayerTranscoder`
             (a feature's node sits at the layer it reads; its edges sum over every layer it
             writes).
         prompt: a string or ``[pos]`` token ids.
@@ -393,7 +406,7 @@ def trace(
             g = torch.zeros(len(indices), n_pos, d)
             pos = feat_pos[indices[sel]]
             col = enc_cols[layer][:, feat_idx[indices[sel]]].T
-            scale = frozen.norm_scales[f"pre_ff.{layer}"][pos][:, None] * rm.layers[layer]["g_pf"]
+            scale = frozen.norm_scales[f"pre_ff.{layer}"][pos][:, None] * rm.layers[layer]["g_tc"]
             g[sel, pos] = col * scale
             inject[layer] = g
         return edges_from(*rm.sweep_back(inject, None))
@@ -594,7 +607,7 @@ def _live_forward(
 
     fns = {}
     for layer in range(stack.n_layers):
-        fns[f"mlp_in.{layer}"] = read(layer)
+        fns[stack.input_site(layer)] = read(layer)
         fns[f"mlp_out.{layer}"] = write(layer)
     with model.hooks(fns):
         hidden = model.text_model(

@@ -2,10 +2,17 @@
 
 Every hook registered here is removed in a ``finally``, so an exception in user code (or a
 :class:`StopForward`) never leaves a hook behind on the model.
+
+``mlp_normalized`` (``x / rms(x)`` inside the pre-MLP RMSNorm) is no module's input or output.
+One forward hook per norm computes it from the norm's input, runs every function registered on
+it in registration order, and recomputes the norm's output as ``(value * (1 + w))`` in the
+norm's own arithmetic, so an edit reaches the MLP with the gain applied and an unedited value
+gives the norm's output bit for bit. It runs before the hooks on the norm's output (``mlp_in``).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
@@ -36,9 +43,57 @@ def _apply(site: Site, fn: HookFn, value: torch.Tensor) -> torch.Tensor:
     return new.to(value.dtype)
 
 
+class _Normalized:
+    """The functions registered on one RMSNorm's normalised value, and its one forward hook."""
+
+    def __init__(self, norm: nn.Module):
+        if not (hasattr(norm, "eps") and hasattr(norm, "weight")):
+            raise NotImplementedError(
+                f"{type(norm).__name__} is not Gemma's RMSNorm (eps, weight): gsnb cannot compute "
+                "its normalised input; use the site of its output instead"
+            )
+        self.entries: list[tuple[Site, HookFn]] = []
+        # prepend: hooks on the norm's output (mlp_in) must see what this one writes.
+        self.handle = norm.register_forward_hook(self._hook, prepend=True, with_kwargs=True)
+
+    def _hook(self, norm: nn.Module, args, kwargs, output):
+        x = args[0] if args else next(iter(kwargs.values()))
+        # Gemma's RMSNorm, step by step: float32 x / rms(x), then the gain, then x's dtype.
+        value = x.float()
+        value = value * torch.rsqrt(value.pow(2).mean(-1, keepdim=True) + norm.eps)
+        for site, fn in list(self.entries):
+            value = _apply(site, fn, value)
+        return (value * (1.0 + norm.weight.float())).type_as(x)
+
+
+_NORMALIZED: weakref.WeakKeyDictionary[nn.Module, _Normalized] = weakref.WeakKeyDictionary()
+
+
+class _NormalizedHandle:
+    """Removes one function from its norm's list, and the norm's hook with the last one."""
+
+    def __init__(self, norm: nn.Module, entry: tuple[Site, HookFn]):
+        self.norm, self.entry = norm, entry
+
+    def remove(self) -> None:
+        hook = _NORMALIZED.get(self.norm)
+        if hook is None:
+            return
+        hook.entries = [e for e in hook.entries if e is not self.entry]
+        if not hook.entries:
+            hook.handle.remove()
+            del _NORMALIZED[self.norm]
+
+
 def _register(text_model: nn.Module, site: Site, fn: HookFn):
     path, end = site.hook_point
     module = text_model.get_submodule(path)
+    if end == "normalized":
+        if module not in _NORMALIZED:
+            _NORMALIZED[module] = _Normalized(module)
+        entry = (site, fn)
+        _NORMALIZED[module].entries.append(entry)
+        return _NormalizedHandle(module, entry)
     if end == "output":
 
         def output_hook(_module, _args, output):

@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gsnb.core.files import atomic_write
+from gsnb.saes.sae import fit_error
 
 _LAYER_FILE = re.compile(r"params_layer_(\d+)\.safetensors")
 
@@ -138,6 +139,10 @@ class CrossLayerTranscoder(nn.Module):
         """Neuronpedia's id per layer (none known for CLTs)."""
         return [None] * self.n_layers
 
+    def input_site(self, layer: int) -> str:
+        """The site source ``layer`` reads: ``mlp_in.layer`` (Gemma Scope 2's CLTs)."""
+        return f"mlp_in.{layer}"
+
     # --- whole-model maths -------------------------------------------------------------------
 
     def decode(self, acts: Sequence[torch.Tensor], layer: int) -> torch.Tensor:
@@ -151,19 +156,16 @@ class CrossLayerTranscoder(nn.Module):
         return [reconstruct(self, acts, layer, inputs[layer]) for layer in range(self.n_layers)]
 
     def check_model(self, model) -> None:
-        """Raise if this CLT cannot be used on ``model`` (other depth or width)."""
+        """Raise ``ValueError`` unless this CLT fits ``model`` (its depth, and the widths of
+        ``mlp_in`` and ``mlp_out``), with the same message as :meth:`JumpReLUSAE.check_model`."""
         if model.n_layers != self.n_layers:
-            raise ValueError(
-                f"{self!r} covers {self.n_layers} layers but {model.name} has {model.n_layers}: "
-                f"it was trained on another model ({self.cfg.model_name})"
-            )
+            problem = f"it covers {self.n_layers} layers but the model has {model.n_layers}"
+            raise fit_error(self, model, problem)
         for kind, width in (("mlp_in", self.cfg.d_in), ("mlp_out", self.cfg.d_out)):
-            if model.site_width(f"{kind}.0") != width:
-                raise ValueError(
-                    f"{self!r} expects width {width} at {kind} but {model.name} has "
-                    f"{model.site_width(f'{kind}.0')}: it was trained on another model "
-                    f"({self.cfg.model_name})"
-                )
+            found = model.site_width(f"{kind}.0")
+            if found != width:
+                problem = f"it expects width {width} at {kind} but the model has {found} there"
+                raise fit_error(self, model, problem)
 
     @classmethod
     def from_transcoders(cls, transcoders: Sequence) -> CrossLayerTranscoder:
@@ -315,8 +317,8 @@ def _check_layer_file(tensors: dict, cfg: CLTConfig, s: int, path: Path) -> None
 
 
 class PerLayerTranscoders:
-    """A list of per-layer transcoders (``transcoders[L]`` reads ``mlp_in.L``, writes
-    ``mlp_out.L``) seen through :class:`CrossLayerTranscoder`'s methods: each source writes only
+    """A list of per-layer transcoders (``transcoders[L]`` reads ``mlp_in.L`` or
+    ``mlp_normalized.L``, writes ``mlp_out.L``) seen through :class:`CrossLayerTranscoder`'s methods: each source writes only
     its own layer. Weights are shared, not copied."""
 
     def __init__(self, transcoders: Sequence):
@@ -346,6 +348,9 @@ class PerLayerTranscoders:
 
     def neuronpedia_ids(self) -> list[str | None]:
         return [tc.cfg.neuronpedia_id for tc in self.transcoders]
+
+    def input_site(self, layer: int) -> str:
+        return self.transcoders[layer].site_in
 
 
 def reconstruct(

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from gsnb.core.sites import target_name
 from gsnb.saes.sae import JumpReLUSAE
 
 
@@ -228,10 +229,6 @@ def _as_named(sae_or_suite) -> tuple[dict[str, JumpReLUSAE], bool]:
 
 
 def _name(sae: JumpReLUSAE) -> str:
-    """``"resid_post.3"``, ``"transcoder.3"`` (mlp_in.3 -> mlp_out.3), else ``"a->b"``."""
-    if not sae.is_transcoder:
-        return str(sae.site_in)
-    a, b = sae.site_in.split("."), sae.site_out.split(".")
-    if (a[0], b[0]) == ("mlp_in", "mlp_out") and a[1] == b[1]:
-        return f"transcoder.{a[1]}"
-    return f"{sae.site_in}->{sae.site_out}"
+    """``"resid_post.3"``, ``"transcoder.3"`` (mlp_in.3 -> mlp_out.3, as training names it),
+    else ``"a->b"``."""
+    return target_name(sae.site_in, sae.site_out)

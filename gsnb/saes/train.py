@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from gsnb.core.sites import parse_site
+from gsnb.core.sites import parse_site, target_name, transcoder_sites
 from gsnb.saes.checkpoints import read_checkpoint, write_checkpoint
 from gsnb.saes.distributed import broadcast_saes, init_from_env
 from gsnb.saes.jumprelu import SAETrainer
@@ -162,19 +162,17 @@ def suite_id(name: str, d_sae: int, l0_label: str = "small") -> str:
 
 def target_sites(target: str | tuple[str, str]) -> tuple[str, str, str]:
     """``(name, site_in, site_out)`` of a training target: a site (an SAE), ``"transcoder.L"``
-    or a pair ``("mlp_in.L", "mlp_out.L")`` (a transcoder)."""
+    (reading ``mlp_in.L``) or a pair such as ``("mlp_in.L", "mlp_out.L")`` (a transcoder)."""
     if isinstance(target, tuple):
         site_in, site_out = (str(parse_site(s)) for s in target)
-        a, b = parse_site(site_in), parse_site(site_out)
-        is_tc = (a.kind, b.kind) == ("mlp_in", "mlp_out") and a.layer == b.layer
-        return (f"transcoder.{a.layer}" if is_tc else f"{site_in}->{site_out}"), site_in, site_out
+        return target_name(site_in, site_out), site_in, site_out
     if isinstance(target, str) and target.startswith("transcoder."):
         layer = target.removeprefix("transcoder.")
         if not layer.isdigit():
             raise ValueError(
                 f"bad target {target!r}: a transcoder is 'transcoder.L', e.g. 'transcoder.3'"
             )
-        return target, f"mlp_in.{layer}", f"mlp_out.{layer}"
+        return target, *transcoder_sites(int(layer))
     site = str(parse_site(target))
     return site, site, site
 
