@@ -17,7 +17,7 @@ TORCH := $(shell grep -m1 '^torch==' $(LOCK))
 # $(call pytest,VENV): the test runner of a venv, in small mode, offline.
 pytest = CI=$${CI:-} GSNB_SMALL=1 HF_HUB_OFFLINE=1 $(1)/bin/pytest -q -p no:cacheprovider
 
-.PHONY: lab test test-latest lock install model bench lint clean
+.PHONY: lab test interop test-latest lock install model bench lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ lab: model
 test: model
 	bash scripts/install_browser.sh
 	$(call pytest,$(VENV)) tests tutorials notebooks --nbmake --nbmake-timeout=1800 --durations=15
+
+# gsnb against the peers' own code: SAELens reads and writes the same SAE folders, circuit-tracer
+# validates and writes the same graph files. Each peer lives in its own git-ignored venv
+# (scripts/peers.py, created on first use). CI runs it after `make test`.
+interop: model
+	$(call pytest,$(VENV)) interop
 
 # The canary: the newest releases within pyproject.toml's ranges in a throwaway venv, unit tests
 # with deprecation warnings (transformers' FutureWarnings) as errors. Not part of CI.

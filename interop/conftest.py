@@ -3,7 +3,6 @@ subprocess in its own git-ignored venv (``scripts/peers.py``). ``make interop`` 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,20 +18,6 @@ from peers import peer_python  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(ROOT / "tests"))  # the tiny random Gemmas of the unit tests
-
-
-def _unit_conftest():
-    """``tests/conftest.py`` as a module of its own name: this file is ``conftest`` here."""
-    spec = importlib.util.spec_from_file_location("unit_conftest", ROOT / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# Re-exported, so that unit-test modules imported by interop checks (they write
-# ``from conftest import tiny_model``) find the tiny random Gemmas here too.
-_UNIT = _unit_conftest()
-tiny_hf, tiny_model, tiny_tokenizer = _UNIT.tiny_hf, _UNIT.tiny_model, _UNIT.tiny_tokenizer
 
 
 def run_peer(peer: str, code: str, args: dict, tmp_path: Path) -> dict:

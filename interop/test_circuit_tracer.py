@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model, tiny_tokenizer
 from safetensors.torch import save_file
 from test_circuits import PROMPT, random_transcoders
+from tiny import tiny_model, tiny_tokenizer
 
 from gsnb.circuits.graph import Graph
 from gsnb.circuits.graph_json import FEATURE_TYPES, node_record

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from tiny import VOCAB, tiny_hf, tiny_model, tiny_tokenizer  # noqa: F401  (tests import them here)
+from tiny import tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -19,8 +19,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model
 from test_features import corpus, random_sae
+from tiny import tiny_model
 
 from gsnb.analysis.features import feature_stats
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from conftest import VOCAB, tiny_model
 from safetensors.torch import load_file, save_file
+from tiny import VOCAB, tiny_model
 
 from gsnb.saes import activations as cache
 from gsnb.saes.activations import ActivationStore, cache_activations

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
+from tiny import tiny_model
 
 import gsnb
 from gsnb.circuits.graph import Graph

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
 from safetensors.numpy import save as safetensors_bytes
 from test_circuits import PROMPT, random_clt, random_transcoders
 from test_releases import hub  # noqa: F401  (the fixture)
+from tiny import tiny_model
 
 import gsnb
 from gsnb.circuits.tracing import trace

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_tokenizer
+from tiny import tiny_tokenizer
 
 from gsnb.core import data
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_model
 from test_features import corpus, random_sae
+from tiny import tiny_model
 
 from gsnb.analysis.features import FeatureStats, feature_activations, feature_stats
 from gsnb.viz import plots

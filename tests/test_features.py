@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
+from tiny import tiny_model
 
 from gsnb.analysis.features import FeatureStats, feature_stats, sample_keys
 from gsnb.core.data import special_token_mask

@@ -4,7 +4,7 @@ refuses it with the same message (one check, JumpReLUSAE.check_model), before an
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_model
+from tiny import tiny_model
 
 import gsnb
 from gsnb.core.hooks import count_hooks

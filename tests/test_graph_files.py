@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
 from test_circuits import PROMPT, random_transcoders
+from tiny import tiny_model
 
 from gsnb.analysis.features import feature_stats
 from gsnb.circuits.graph import Graph

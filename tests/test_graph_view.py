@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import plotly.graph_objects as go
-from conftest import tiny_model
 from test_circuits import PROMPT, random_transcoders
+from tiny import tiny_model
 
 from gsnb.circuits.tracing import trace
 from gsnb.viz import plots

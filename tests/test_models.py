@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_hf, tiny_tokenizer
+from tiny import tiny_hf, tiny_tokenizer
 
 import gsnb
 from gsnb.core.model import Model

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model
 from test_steering import TEXT, random_sae
+from tiny import tiny_model
 
 from gsnb.analysis.steering import Add, compare, strength_sweep
 from gsnb.core.hooks import count_hooks

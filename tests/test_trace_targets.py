@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
 from test_circuits import (
     CONFIGS,
     PROMPT,
@@ -15,6 +14,7 @@ from test_circuits import (
     random_transcoders,
     target_values,
 )
+from tiny import tiny_model
 
 import gsnb
 from gsnb.circuits.tracing import trace
