@@ -171,7 +171,7 @@ def test_mlp_normalized_edits_run_in_order_before_mlp_in_ones(gemma3):
 
 
 def test_capturing_mlp_normalized_in_bfloat16_changes_no_logits():
-    from conftest import tiny_hf, tiny_tokenizer
+    from tiny import tiny_hf, tiny_tokenizer
 
     from gsnb.core.model import Model
 

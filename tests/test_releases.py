@@ -514,7 +514,7 @@ def test_gemma_scope_transcoders_encode_x_over_rms_before_the_gain(hub):
     """Gemma Scope (Gemma 2) transcoders were trained on x / rms(x), the pre-MLP RMSNorm's value
     before its (1 + w) gain; on a Gemma 2 with perturbed gains, gsnb's features equal a numpy
     encoder on that value, and tracing on them reproduces the model's logits."""
-    from conftest import tiny_model
+    from tiny import tiny_model
 
     from gsnb.circuits.tracing import ReplacementModel, freeze_prompt, trace
 
