@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from gsnb.analysis.steering import _check_device, _check_features, _check_sae
+from gsnb.core.gemma import Gemma
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -602,11 +603,6 @@ class LogitEffects:
         return fig
 
 
-def _norm_gain(norm: torch.nn.Module) -> torch.Tensor:
-    # Gemma's RMSNorm multiplies by (1 + weight).
-    return 1.0 + norm.weight.detach().float()
-
-
 @torch.no_grad()
 def direct_logit_attribution(
     model: Model, sae: JumpReLUSAE, features: int | Sequence[int] | torch.Tensor
@@ -627,18 +623,6 @@ def direct_logit_attribution(
     feats = list(_check_features(sae, features))
     if not feats:
         raise ValueError("no features given: pass a feature index or a list of them")
-    site = model.parse_site(sae.site_out)
-    if site.kind in ("mlp_in", "mlp_normalized"):
-        raise ValueError(
-            f"{sae!r} writes {site.kind}, which is not in the residual stream; direct logit "
-            "attribution needs an SAE that writes resid_post, mlp_out, attn_out or embed"
-        )
-    rows = sae.W_dec.detach()[feats].to(model.device, torch.float32)  # [n, d_out]
-    if site.kind == "attn_out":
-        block = model.text_model.layers[site.layer]
-        rows = rows @ block.self_attn.o_proj.weight.detach().float().T  # [n, d_model]
-        rows = rows * _norm_gain(block.post_attention_layernorm)
-    rows = rows * _norm_gain(model.text_model.norm)
-    unembed = model.hf.get_output_embeddings().weight.detach()  # [vocab, d_model]
-    effects = (rows.to(unembed.dtype) @ unembed.T).float()
+    rows = sae.W_dec.detach()[feats].to(model.device)  # [n, d_out]
+    effects = Gemma(model).logit_effects(str(model.parse_site(sae.site_out)), rows)
     return LogitEffects(_sae_name(sae), feats, effects, model.tokenizer.decode)

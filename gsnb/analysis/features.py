@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from gsnb.core.data import special_token_mask
 from gsnb.core.files import atomic_write
+from gsnb.core.gemma import WRITES_TO_RESIDUAL, Gemma
 from gsnb.saes.sae import JumpReLUSAE
 
 FORMAT = "gsnb.feature_stats.v1"
@@ -396,31 +397,15 @@ class _Accumulator:
         st["hist"] += flat.view(d_sae, self.n_bins)
 
 
-def _residual_directions(model, sae: JumpReLUSAE) -> torch.Tensor | None:
-    """Decoder rows as residual-stream directions ``[d_sae, d_model]`` (None for ``mlp_in``)."""
-    site, w_dec = model.parse_site(sae.site_out), sae.W_dec.detach().float()
-    if site.kind == "attn_out":
-        # o_proj's input: project, then apply the gain of the norm Gemma puts on o_proj's output
-        # (its 1/rms scale, like the final norm's, is left out).
-        layer = model.text_model.layers[site.layer]
-        w_o = layer.self_attn.o_proj.weight.detach().float().to(w_dec.device)
-        gain = 1 + layer.post_attention_layernorm.weight.detach().float().to(w_dec.device)
-        return (w_dec @ w_o.T) * gain
-    return w_dec if site.kind in ("resid_post", "mlp_out", "embed") else None
-
-
 @torch.no_grad()
 def _logit_effects(model, sae: JumpReLUSAE, n: int, chunk: int = 256) -> list[torch.Tensor]:
     """``[top ids, top values, bottom ids, bottom values]``, each ``[d_sae, n]``, on the CPU."""
-    dirs = _residual_directions(model, sae) if n > 0 else None
-    if dirs is None:
+    gemma = Gemma(model)
+    if n <= 0 or model.parse_site(sae.site_out).kind not in WRITES_TO_RESIDUAL:
         return [torch.zeros((sae.d_sae, 0), dtype=d) for d in (torch.long, torch.float32) * 2]
-    w_u = model.hf.lm_head.weight.detach()  # [vocab, d_model]
-    gain = 1 + model.text_model.norm.weight.detach().float()  # Gemma's RMSNorm scales by 1 + w
-    dirs = (dirs.to(w_u.device) * gain.to(w_u.device)).to(w_u.dtype)
     parts: list[list[torch.Tensor]] = [[], [], [], []]
     for i in range(0, sae.d_sae, chunk):
-        logits = (dirs[i : i + chunk] @ w_u.T).float()  # [chunk, vocab]
+        logits = gemma.logit_effects(sae.site_out, sae.W_dec[i : i + chunk])  # [chunk, vocab]
         for j, largest in ((0, True), (2, False)):
             top = logits.topk(min(n, logits.shape[1]), dim=1, largest=largest)
             parts[j].append(top.indices.cpu())

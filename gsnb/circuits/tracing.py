@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from gsnb.circuits.graph import Graph
 from gsnb.circuits.targets import Target, custom_targets, top_logits
+from gsnb.core.gemma import Gemma, norm_gain
 from gsnb.core.hooks import capture_fns
 from gsnb.core.sites import parse_site, transcoder_layer
 from gsnb.saes.clt import CrossLayerTranscoder, PerLayerTranscoders, reconstruct
@@ -98,15 +99,10 @@ def _rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.rsqrt(x.pow(2).mean(-1) + eps)
 
 
-def _gain(norm) -> torch.Tensor:
-    # Gemma's RMSNorm stores its gain as (scale - 1).
-    return 1.0 + norm.weight.detach().float()
-
-
 def _input_gain(stack: Stack, layer: int, block) -> torch.Tensor:
     """``[d_model]`` gain on the transcoder's input beyond ``resid_mid / rms``: the pre-MLP
     norm's for ``mlp_in``, none for ``mlp_normalized`` (Gemma Scope's transcoders)."""
-    gain = _gain(block.pre_feedforward_layernorm)
+    gain = norm_gain(block.pre_feedforward_layernorm)
     return gain if parse_site(stack.input_site(layer)).kind == "mlp_in" else torch.ones_like(gain)
 
 
@@ -179,7 +175,8 @@ class ReplacementModel:
         cfg = model.config
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = model.head_dim
-        self.softcap = getattr(cfg, "final_logit_softcapping", None)
+        gemma = Gemma(model)
+        self.softcap = gemma.logit_softcap
         self.layers = []
         for layer in range(model.n_layers):
             block = model.text_model.layers[layer]
@@ -187,13 +184,13 @@ class ReplacementModel:
                 dict(
                     W_v=block.self_attn.v_proj.weight.detach().float(),
                     W_o=block.self_attn.o_proj.weight.detach().float(),
-                    g_in=_gain(block.input_layernorm),
-                    g_pa=_gain(block.post_attention_layernorm),
+                    g_in=norm_gain(block.input_layernorm),
+                    g_pa=norm_gain(block.post_attention_layernorm),
                     g_tc=_input_gain(self.stack, layer, block),
                 )
             )
-        self.g_final = _gain(model.text_model.norm)
-        self.W_U = model.hf.lm_head.weight.detach().float()
+        self.g_final = gemma.final_gain()
+        self.W_U = gemma.unembedding().float()
 
     def _attention(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
         """Frozen-pattern attention update ``[..., pos, d] -> [..., pos, d]``."""
