@@ -17,8 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from gsnb.core.sites import target_name
-from gsnb.saes.sae import JumpReLUSAE
+from gsnb.saes.sae import JumpReLUSAE, named
 
 
 @dataclass(frozen=True)
@@ -211,24 +210,18 @@ class _Sums:
 
 def _as_named(sae_or_suite) -> tuple[dict[str, JumpReLUSAE], bool]:
     if isinstance(sae_or_suite, JumpReLUSAE):
-        return {_name(sae_or_suite): sae_or_suite}, True
+        return named(sae_or_suite), True
     saes = getattr(sae_or_suite, "saes", sae_or_suite)  # a SuiteResult
     if isinstance(saes, Mapping):
-        named = dict(saes)
+        by_name = dict(saes)
     elif isinstance(saes, (list, tuple)):
-        named = {_name(s): s for s in saes}
+        by_name = named(saes)
     else:
         raise TypeError(
             f"evaluate takes a JumpReLUSAE, a dict or list of them, or a SuiteResult; "
             f"got {type(sae_or_suite).__name__}"
         )
-    bad = [k for k, v in named.items() if not isinstance(v, JumpReLUSAE)]
-    if bad or not named:
+    bad = [k for k, v in by_name.items() if not isinstance(v, JumpReLUSAE)]
+    if bad or not by_name:
         raise TypeError(f"not JumpReLUSAEs: {bad or 'none given'}")
-    return named, False
-
-
-def _name(sae: JumpReLUSAE) -> str:
-    """``"resid_post.3"``, ``"transcoder.3"`` (mlp_in.3 -> mlp_out.3, as training names it),
-    else ``"a->b"``."""
-    return target_name(sae.site_in, sae.site_out)
+    return by_name, False

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gsnb.core.sites import parse_site
+from gsnb.core.sites import parse_site, target_name
 from gsnb.saes import sae_files
 from gsnb.saes.sae_files import parse_width
 
@@ -89,12 +89,15 @@ class JumpReLUSAE(nn.Module):
 
     def __repr__(self) -> str:
         kind = "skip transcoder" if self.cfg.skip else "transcoder" if self.is_transcoder else "SAE"
-        where = (
-            self.cfg.site_in
-            if not self.is_transcoder
-            else f"{self.cfg.site_in}->{self.cfg.site_out}"
-        )
+        where = f"{self.cfg.site_in}->{self.cfg.site_out}" if self.is_transcoder else self.name
         return f"JumpReLUSAE({kind}, {where}, d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae})"
+
+    @property
+    def name(self) -> str:
+        """The one name gsnb gives this SAE everywhere (stats, evals, widgets, attribution):
+        its site (``"resid_post.3"``), or ``"transcoder.3"`` for a transcoder (see
+        :func:`gsnb.core.sites.target_name`)."""
+        return target_name(self.cfg.site_in, self.cfg.site_out)
 
     @property
     def d_sae(self) -> int:
@@ -247,3 +250,22 @@ def fit_error(sae, model, problem: str) -> ValueError:
     else:
         fix = f"Use one made for {model.name} (from a release for it, or gsnb.train_sae)."
     return ValueError(f"{describe(sae)} does not fit {model.name}: {problem}. {fix}")
+
+
+def named(saes) -> dict[str, JumpReLUSAE]:
+    """``{sae.name: sae}`` for one SAE or a sequence of them, in order.
+
+    Raises:
+        ValueError: two SAEs share a name (they read and write the same sites): pass one of them.
+    """
+    items = [saes] if isinstance(saes, JumpReLUSAE) else list(saes)
+    out: dict[str, JumpReLUSAE] = {}
+    for sae in items:
+        if not isinstance(sae, JumpReLUSAE):
+            raise TypeError(f"expected JumpReLUSAE objects, got {type(sae).__name__}")
+        if sae.name in out:
+            raise ValueError(
+                f"two SAEs are both named {sae.name} (same sites): pass one SAE per site"
+            )
+        out[sae.name] = sae
+    return out
