@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 
 from gsnb.circuits.graph_labels import feature_labels, stats_by_layer
 from gsnb.viz import plots
+from gsnb.viz.pages import figure_page
 from gsnb.viz.widgets import FeatureInspector
 
 
@@ -180,6 +181,4 @@ class GraphView:
 
     def to_html(self, path: str | Path) -> Path:
         """Write the current view as a self-contained page (plotly.js inlined; no network)."""
-        fig = go.Figure(self.figure)
-        fig.write_html(str(path), include_plotlyjs=True, full_html=True)
-        return Path(path)
+        return figure_page(go.Figure(self.figure), path)
