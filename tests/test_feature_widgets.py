@@ -19,13 +19,18 @@ from gsnb.viz.widgets import FeatureInspector, PromptInspector
 TEXT = "the cat sat on the mat . a dog ran to the park"
 
 
-@pytest.fixture(scope="module")
-def setup():
+def tiny_model_sae_stats():
+    """The tiny Gemma 3, a random SAE at ``resid_post.1`` and its stats over a random corpus."""
     model = tiny_model("gemma3")
     tokens = corpus(model)
     sae = random_sae(model, tokens)
     stats = feature_stats(model, sae, tokens, k=4, n_quantile_samples=6, progress=False)
     return model, sae, stats
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return tiny_model_sae_stats()
 
 
 def acts_in(html_text: str) -> list[float]:
