@@ -23,6 +23,7 @@ from test_features import corpus, random_sae
 from tiny import tiny_model
 
 from gsnb.analysis.features import feature_stats
+from gsnb.viz.pages import feature_page
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "tutorials" / "03_inspect_features.ipynb"
@@ -196,7 +197,7 @@ def test_exported_page_renders_offline_from_a_file_url(browser, tmp_path):
     tokens = corpus(model)
     stats = feature_stats(model, random_sae(model, tokens), tokens, k=4, progress=False)
     features = (stats.density > 0).nonzero().flatten()[:3].tolist()
-    path = stats.to_html(tmp_path / "features.html", features=features)
+    path = feature_page(stats, tmp_path / "features.html", features=features)
     context = browser.new_context(offline=True)
     requested = []
     context.route(  # anything but the file itself would need a network: refuse and record it

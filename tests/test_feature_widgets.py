@@ -13,18 +13,24 @@ from tiny import tiny_model
 
 from gsnb.analysis.features import FeatureStats, feature_activations, feature_stats
 from gsnb.viz import plots
+from gsnb.viz.pages import feature_page
 from gsnb.viz.widgets import FeatureInspector, PromptInspector
 
 TEXT = "the cat sat on the mat . a dog ran to the park"
 
 
-@pytest.fixture(scope="module")
-def setup():
+def tiny_model_sae_stats():
+    """The tiny Gemma 3, a random SAE at ``resid_post.1`` and its stats over a random corpus."""
     model = tiny_model("gemma3")
     tokens = corpus(model)
     sae = random_sae(model, tokens)
     stats = feature_stats(model, sae, tokens, k=4, n_quantile_samples=6, progress=False)
     return model, sae, stats
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return tiny_model_sae_stats()
 
 
 def acts_in(html_text: str) -> list[float]:
@@ -150,7 +156,7 @@ def test_neuronpedia_link_when_the_stats_name_it(setup):
 def test_exported_page_is_self_contained_with_every_panel(setup, tmp_path):
     _, _, stats = setup
     feats = alive(stats, 2)
-    path = stats.to_html(tmp_path / "features.html", features=feats)
+    path = feature_page(stats, tmp_path / "features.html", features=feats)
     page = path.read_text()
     from plotly.offline import get_plotlyjs
 
@@ -161,3 +167,13 @@ def test_exported_page_is_self_contained_with_every_panel(setup, tmp_path):
         assert f'id="feature-{f}"' in page
     assert page.count("Plotly.newPlot") == 1 + 2 * len(feats)
     assert page.count("gsnb-example") >= len(stats.top_examples(feats[0]))
+
+
+def test_a_page_with_an_unknown_feature_raises_and_leaves_the_old_page_whole(setup, tmp_path):
+    _, _, stats = setup
+    path = feature_page(stats, tmp_path / "features.html", features=alive(stats, 1))
+    before = path.read_text()
+    with pytest.raises(IndexError, match="out of range"):
+        feature_page(stats, path, features=[stats.d_sae])
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["features.html"]  # no temporary file left

@@ -111,3 +111,12 @@ def test_gemma_scope_transcoders_reading_the_pre_gain_input_give_hover_stats():
     assert {layer: st.site_in for layer, st in view.stats.items()} == {
         layer: f"mlp_normalized.{layer}" for layer in range(model.n_layers)
     }
+
+
+def test_a_supernode_label_shows_as_text_in_the_legend_never_as_markup():
+    graph = _graph()
+    view = GraphView(graph)
+    view.select(0)
+    view.group_pinned("<b>Texas</b>")
+    names = {t.name for t in view.figure.data if t.mode == "markers"}
+    assert "&lt;b&gt;Texas&lt;/b&gt;" in names and "<b>Texas</b>" not in names

@@ -618,14 +618,3 @@ def feature_activations(model, sae: JumpReLUSAE, text: str, feature: int | None 
     acts[special_token_mask(tokens, model)[0].cpu()] = 0
     str_tokens = model.to_str_tokens(tokens[0])
     return (str_tokens, acts) if feature is None else (str_tokens, acts[:, int(feature)].tolist())
-
-
-def to_html(stats: FeatureStats, path: str | os.PathLike, features: Sequence[int]) -> Path:
-    """Write a self-contained page (plotly.js inlined; no network) of ``features``' panels."""
-    from gsnb.viz.plots import feature_page_html  # plots imports nothing from here at import time
-
-    Path(path).write_text(feature_page_html(stats, features), encoding="utf-8")
-    return Path(path)
-
-
-FeatureStats.to_html = to_html  # attached here: the page is drawn by plots, the data lives above

@@ -9,11 +9,13 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from gsnb.circuits.graph_labels import feature_labels, stats_by_layer
-from gsnb.viz import plots
-from gsnb.viz.widgets import FeatureInspector
+from gsnb.viz.feature_widgets import FeatureInspector
+from gsnb.viz.graph_plot import attribution_graph
+from gsnb.viz.pages import figure_page
+from gsnb.viz.widget_parts import WidgetView
 
 
-class GraphView:
+class GraphView(WidgetView):
     """Explore an attribution graph: prune with sliders, hover and click nodes, group supernodes.
 
     >>> stats = gsnb.feature_stats(model, transcoders, corpus)   # optional dashboards
@@ -87,11 +89,6 @@ class GraphView:
         )
         self.redraw()
 
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
-
     @property
     def pruned(self):
         return self._pruned
@@ -107,7 +104,7 @@ class GraphView:
                 if new is not None:
                     labels[new] = text
         highlight = [self._index[key] for key in self.pinned if key in self._index]
-        fig = plots.attribution_graph(self._pruned, labels, highlight=highlight)
+        fig = attribution_graph(self._pruned, labels, highlight=highlight)
         with self.figure.batch_update():
             self.figure.data = ()
             self.figure.add_traces(fig.data)
@@ -180,6 +177,4 @@ class GraphView:
 
     def to_html(self, path: str | Path) -> Path:
         """Write the current view as a self-contained page (plotly.js inlined; no network)."""
-        fig = go.Figure(self.figure)
-        fig.write_html(str(path), include_plotlyjs=True, full_html=True)
-        return Path(path)
+        return figure_page(go.Figure(self.figure), path)
