@@ -12,21 +12,18 @@ import plotly.graph_objects as go
 
 from gsnb.analysis.features import FeatureStats
 from gsnb.analysis.search import feature_tokens, search_features
-from gsnb.saes.sae import JumpReLUSAE
+from gsnb.saes.sae import JumpReLUSAE, named
 
 
 def sae_dict(saes) -> dict[str, JumpReLUSAE]:
-    """``{name: SAE}`` from a dict, a list of SAEs (named by their site, ``in->out`` for a
-    transcoder) or one SAE; raises for anything else or for none."""
-    if hasattr(saes, "W_dec"):
-        saes = [saes]
+    """``{name: SAE}`` from a dict (such as ``suite.saes``), or from one SAE or a list of them
+    named as everywhere in gsnb (:func:`gsnb.saes.sae.named`); raises for anything else or none."""
     if isinstance(saes, Mapping):
         out = dict(saes)
-    elif isinstance(saes, Sequence) and not isinstance(saes, str):
-        out = {
-            sae.site_in if not sae.is_transcoder else f"{sae.site_in}->{sae.site_out}": sae
-            for sae in saes
-        }
+    elif isinstance(saes, JumpReLUSAE) or (
+        isinstance(saes, Sequence) and not isinstance(saes, str)
+    ):
+        out = named(saes)
     else:
         raise TypeError(f"saes must be a dict name -> SAE or a list of SAEs, got {saes!r}")
     if not out:
