@@ -22,6 +22,7 @@ from torch import nn
 
 from gsnb.analysis.steering import intervene as _intervene
 from gsnb.core import hooks as _hooks
+from gsnb.core.files import TMP_SUFFIX, publish_dir
 from gsnb.core.kv_cache import cache_argument, find_cache
 from gsnb.core.sites import KINDS, Site, parse_site, site_names
 
@@ -66,7 +67,7 @@ def prepare_embedded_model(cache_dir: str | Path | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", suffix=TMP_SUFFIX, dir=target.parent))
     try:
         gguf_path = gguf_pkg.assemble(tmp / gguf_pkg.MODEL_NAME)
         tokenizer = AutoTokenizer.from_pretrained(str(tmp), gguf_file=gguf_path.name)
@@ -86,16 +87,6 @@ def prepare_embedded_model(cache_dir: str | Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def publish_dir(tmp: Path, target: Path) -> None:
-    """Rename the finished folder ``tmp`` to ``target``; if another process got there first,
-    keep theirs (``tmp`` is left for the caller to delete)."""
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        if not target.is_dir():
-            raise
 
 
 class Model:
