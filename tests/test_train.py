@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -354,3 +355,38 @@ def test_suite_sites_must_be_distinct_and_known():
         train_suite(None, ["resid_post.0", "resid_post.0"], TrainConfig(progress=False), [])
     with pytest.raises(ValueError, match="transcoder.3"):
         target_sites("transcoder.x")
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "must"),
+    [
+        ("batch_size", 0, "an integer >= 1"),
+        ("log_every", 0, "an integer >= 1"),
+        ("bandwidth", 0.0, "a number > 0"),
+        ("bandwidth", float("nan"), "a number > 0"),
+        ("dtype", "bfloat16", "'float32' .* or 'float64'"),
+        ("dtype", torch.float32, "'float32' .* or 'float64'"),
+        ("d_sae", 0, "an integer >= 1"),
+        ("n_tokens", -1, "an integer >= 1"),
+        ("batch_size", 4096.0, "an integer >= 1"),
+        ("lr", 0.0, "None .* or a number > 0"),
+        ("target_l0", -5.0, "None or a number > 0"),
+        ("l0_coefficient", -1e-3, "a number >= 0"),
+        ("lr_decay_fraction", 1.5, "a number from 0 to 1"),
+        ("seq_len", 1, "an integer >= 2"),
+        ("scale_batches", 0, "an integer >= 1"),
+        ("checkpoint_every", -1, "an integer >= 0"),
+        ("init_l0", 0, "None or a number > 0"),
+    ],
+)
+def test_train_config_refuses_a_bad_value_naming_the_field_and_a_fix(field, bad, must):
+    with pytest.raises(ValueError, match=rf"TrainConfig\({field}=.*\): {field} must be {must}"):
+        TrainConfig(**{field: bad})
+    with pytest.raises(ValueError, match=rf"pass for example TrainConfig\({field}="):
+        TrainConfig(**{field: bad})
+
+
+def test_train_config_keeps_its_meaningful_edge_values():
+    cfg = TrainConfig(l0_coefficient=0.0, checkpoint_every=0, init_l0=None, lr=None, seq_len=2)
+    assert (cfg.l0_coefficient, cfg.checkpoint_every, cfg.init_l0) == (0.0, 0, None)
+    assert TrainConfig(batch_size=np.int64(64)).batch_size == 64

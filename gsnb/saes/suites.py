@@ -12,7 +12,7 @@ from pathlib import Path
 from gsnb.core.files import atomic_write
 from gsnb.saes.sae import JumpReLUSAE
 from gsnb.saes.train import (
-    _GS2_FOLDERS,
+    SUITE_KINDS,
     StepMetrics,
     SuiteResult,
     TrainConfig,
@@ -50,9 +50,9 @@ def small_suite(
         d_sae=4096, l0_coefficient=1e-3, lr=2e-4, init_l0=100, batch_size=1024, n_tokens=2**18
     )
     cfg = dataclasses.replace(cfg, progress=progress, checkpoint_dir=None)
-    bad = set(kinds) - set(_GS2_FOLDERS)
+    bad = set(kinds) - set(SUITE_KINDS)
     if bad:
-        raise ValueError(f"kinds {sorted(bad)}: small suites hold {', '.join(_GS2_FOLDERS)}")
+        raise ValueError(f"kinds {sorted(bad)}: small suites hold {', '.join(SUITE_KINDS)}")
     targets = [
         site.replace("mlp_out", "transcoder") if kind == "transcoder" else site
         for kind in kinds
