@@ -190,35 +190,14 @@ def loss_and_grads(
     """
     batch, d_sae = x.shape[0], p.b_enc.shape[0]
     eps = bandwidth
-    # The one dense matmul. The bias is added later, to the few visited entries only.
-    pre = x @ p.W_encT.T  # [batch, d_sae]
-    # Entries whose gradient can be nonzero: active (pre > theta) or in the kernel's window
-    # (|pre - theta| < eps/2). A margin of a full eps keeps rounding from dropping any; exact
-    # tests on the visited entries decide the rest.
-    cutoff = p.threshold - p.b_enc - eps
-    if sparse is None:
-        # Judge density on a few rows: a full count would cost another pass over [batch, d_sae].
-        sample = pre[: min(batch, 256)]
-        sparse = float((sample > cutoff).float().mean()) <= max_density
-    if sparse:
-        flat = (pre > cutoff).view(-1).nonzero().squeeze(1)  # row-major, so sorted by row
-        rows, cols = flat // d_sae, flat % d_sae
-        z = pre.view(-1)[flat] + p.b_enc[cols]
-        del pre
-        theta = p.threshold[cols]
-        density = flat.numel() / (batch * d_sae)
-    else:
-        rows = cols = None
-        z, theta = pre.add_(p.b_enc), p.threshold
-        density = float((z > cutoff + p.b_enc).float().mean())
-    active = z > theta
-    window = rectangle((z - theta) / eps)
-    f = z * active
+    e = _visited_entries(p, x, eps, sparse, max_density)
+    active = e.z > e.theta
+    window = rectangle((e.z - e.theta) / eps)
+    f = e.z * active
     l0 = float(active.sum()) / batch
 
-    if sparse:
-        f_rows = _coo(rows, cols, f, (batch, d_sae))
-        y_hat = torch.sparse.mm(f_rows, p.W_dec).add_(p.b_dec)
+    if e.rows is not None:
+        y_hat = torch.sparse.mm(_coo(e.rows, e.cols, f, (batch, d_sae)), p.W_dec).add_(p.b_dec)
     else:
         y_hat = torch.addmm(p.b_dec, f, p.W_dec)
     resid = y_hat - y  # [batch, d_out]
@@ -229,35 +208,89 @@ def loss_and_grads(
     loss = mse + float(sparsity_penalty(l0, coefficient, target_l0))
 
     g = resid.mul_(2.0 / batch)  # dloss/dy_hat
-    if sparse:
-        crow = torch.zeros(batch + 1, dtype=torch.long, device=x.device)
-        crow[1:] = torch.bincount(rows, minlength=batch).cumsum(0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "sparse CSR is in beta": it is only a pattern here
-            pattern = torch.sparse_csr_tensor(
-                crow, cols, torch.ones_like(f), (batch, d_sae), check_invariants=False
-            )
-        # dloss/df only where it is needed: g[row] . W_dec[col] for the visited entries.
-        df = torch.sparse.sampled_addmm(pattern, g, p.W_dec.T, beta=0.0).values()
-    else:
-        df = g @ p.W_dec.T
+    df = _dloss_df(p, e, g, f)
     dpre = df * active
-    dtheta_entries = -(theta * df + slope / batch) * window / eps
-    if sparse:
-        grad_threshold = torch.zeros_like(p.threshold).index_add_(0, cols, dtheta_entries)
-        grad_b_enc = torch.zeros_like(p.b_enc).index_add_(0, cols, dpre)
-        order = torch.argsort(cols, stable=True)
-        rc = (cols[order], rows[order])
-        grad_W_dec = torch.sparse.mm(_coo(*rc, f[order], (d_sae, batch)), g)
-        grad_W_encT = torch.sparse.mm(_coo(*rc, dpre[order], (d_sae, batch)), x)
-    else:
-        grad_threshold = dtheta_entries.sum(0)
-        grad_b_enc = dpre.sum(0)
-        grad_W_dec = f.T @ g
-        grad_W_encT = dpre.T @ x
-    grads = Params(grad_W_encT, grad_b_enc, grad_W_dec, g.sum(0), grad_threshold)
-    stats = StepStats(loss, mse, l0, sq / max(var, 1e-30), density)
+    dtheta_entries = -(e.theta * df + slope / batch) * window / eps
+    grads = _param_grads(p, e, x, g, f, dpre, dtheta_entries)
+    stats = StepStats(loss, mse, l0, sq / max(var, 1e-30), e.density)
     return stats, grads
+
+
+class _Entries(NamedTuple):
+    """The ``[batch, d_sae]`` entries a step visits, with their pre-activations and thresholds.
+
+    Sparse: the visited entries' ``rows`` and ``cols`` (row-major), ``z`` and ``theta`` ``[n]``.
+    Dense: ``rows`` and ``cols`` are ``None``, ``z [batch, d_sae]`` and ``theta [d_sae]``.
+    """
+
+    rows: torch.Tensor | None
+    cols: torch.Tensor | None
+    z: torch.Tensor
+    theta: torch.Tensor
+    density: float
+    """Share of all entries that are near or above threshold."""
+
+
+def _visited_entries(
+    p: Params, x: torch.Tensor, eps: float, sparse: bool | None, max_density: float
+) -> _Entries:
+    """The one dense matmul, then the entries whose gradient can be nonzero: active
+    (``pre > theta``) or in the kernel's window (``|pre - theta| < eps / 2``)."""
+    batch, d_sae = x.shape[0], p.b_enc.shape[0]
+    # The bias is added later, to the few visited entries only.
+    pre = x @ p.W_encT.T  # [batch, d_sae]
+    # A margin of a full eps keeps rounding from dropping any entry; exact tests on the visited
+    # entries decide the rest.
+    cutoff = p.threshold - p.b_enc - eps
+    if sparse is None:
+        # Judge density on a few rows: a full count would cost another pass over [batch, d_sae].
+        sample = pre[: min(batch, 256)]
+        sparse = float((sample > cutoff).float().mean()) <= max_density
+    if not sparse:
+        z = pre.add_(p.b_enc)
+        return _Entries(None, None, z, p.threshold, float((z > cutoff + p.b_enc).float().mean()))
+    flat = (pre > cutoff).view(-1).nonzero().squeeze(1)  # row-major, so sorted by row
+    rows, cols = flat // d_sae, flat % d_sae
+    z = pre.view(-1)[flat] + p.b_enc[cols]
+    return _Entries(rows, cols, z, p.threshold[cols], flat.numel() / (batch * d_sae))
+
+
+def _dloss_df(p: Params, e: _Entries, g: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """dloss/df where it is needed: ``g[row] . W_dec[col]`` for the visited entries."""
+    if e.rows is None:
+        return g @ p.W_dec.T
+    batch, d_sae = g.shape[0], p.b_enc.shape[0]
+    crow = torch.zeros(batch + 1, dtype=torch.long, device=g.device)
+    crow[1:] = torch.bincount(e.rows, minlength=batch).cumsum(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR is in beta": it is only a pattern here
+        pattern = torch.sparse_csr_tensor(
+            crow, e.cols, torch.ones_like(f), (batch, d_sae), check_invariants=False
+        )
+    return torch.sparse.sampled_addmm(pattern, g, p.W_dec.T, beta=0.0).values()
+
+
+def _param_grads(
+    p: Params,
+    e: _Entries,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    f: torch.Tensor,
+    dpre: torch.Tensor,
+    dtheta: torch.Tensor,
+) -> Params:
+    """Every parameter's gradient from the visited entries' ``f``, ``dloss/dpre`` and
+    ``dloss/dtheta`` and the output gradient ``g [batch, d_out]``."""
+    if e.rows is None:
+        return Params(dpre.T @ x, dpre.sum(0), f.T @ g, g.sum(0), dtheta.sum(0))
+    batch, d_sae = g.shape[0], p.b_enc.shape[0]
+    grad_threshold = torch.zeros_like(p.threshold).index_add_(0, e.cols, dtheta)
+    grad_b_enc = torch.zeros_like(p.b_enc).index_add_(0, e.cols, dpre)
+    order = torch.argsort(e.cols, stable=True)
+    rc = (e.cols[order], e.rows[order])
+    grad_W_dec = torch.sparse.mm(_coo(*rc, f[order], (d_sae, batch)), g)
+    grad_W_encT = torch.sparse.mm(_coo(*rc, dpre[order], (d_sae, batch)), x)
+    return Params(grad_W_encT, grad_b_enc, grad_W_dec, g.sum(0), grad_threshold)
 
 
 def _coo(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
