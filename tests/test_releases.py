@@ -495,6 +495,21 @@ def test_list_sae_ids_speaks_the_naming_of_the_release_asked(hub):
         load_sae("gemma-scope-2-270m-pt-res-al", "layer_3_width_1k_l0_small")
 
 
+def test_offline_listing_reads_the_revision_main_points_to(hub):
+    repo, old = "google/gemma-scope-2-270m-pt", "f" * 40
+    hub.add(repo, "resid_post_all/layer_3_width_1k_l0_small/params.safetensors", b"new")
+    # An older snapshot holding another SAE: not part of what main is now.
+    stale = hub.root / "models--google--gemma-scope-2-270m-pt" / "snapshots" / old
+    (stale / "resid_post_all/layer_5_width_1k_l0_small").mkdir(parents=True)
+    (stale / "resid_post_all/layer_5_width_1k_l0_small/params.safetensors").write_bytes(b"old")
+    assert list_sae_ids("gemma-scope-2-270m-pt") == ["resid_post_all/layer_3_width_1k_l0_small"]
+    (hub.root / "models--google--gemma-scope-2-270m-pt" / "refs" / "main").unlink()
+    assert list_sae_ids("gemma-scope-2-270m-pt") == [  # no ref cached: every snapshot counts
+        "resid_post_all/layer_3_width_1k_l0_small",
+        "resid_post_all/layer_5_width_1k_l0_small",
+    ]
+
+
 def plain_pre_mlp_norm_inputs(hf, tokens: torch.Tensor) -> list[np.ndarray]:
     """Per layer ``[pos, d_model]`` input of ``pre_feedforward_layernorm`` from a plain torch hook
     on the transformers model (nothing of gsnb's), as float64 numpy."""

@@ -23,6 +23,7 @@ from torch import nn
 from gsnb.analysis.steering import intervene as _intervene
 from gsnb.core import hooks as _hooks
 from gsnb.core.files import TMP_SUFFIX, publish_dir
+from gsnb.core.hub import offline
 from gsnb.core.kv_cache import cache_argument, find_cache
 from gsnb.core.sites import KINDS, Site, parse_site, site_names
 
@@ -338,10 +339,9 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(source)
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         raise OSError(
             f"could not load model {name!r}"
-            + (" (HF_HUB_OFFLINE is set)" if offline else "")
+            + (" (HF_HUB_OFFLINE is set)" if offline() else "")
             + ": if it is a hub id, download it once while online (and accept its licence, "
             "then `hf auth login`), or pass a local folder; with no network use the embedded "
             f"default, gsnb.load_model(). Cause: {err}"

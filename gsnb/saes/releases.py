@@ -31,9 +31,9 @@ from typing import NamedTuple
 
 import torch
 
+from gsnb.core.hub import cache_dir, cached_files, offline, repo_files
 from gsnb.core.sites import transcoder_sites
 from gsnb.saes.clt import CrossLayerTranscoder
-from gsnb.saes.hub import cache_dir, cached_files, offline, repo_files
 from gsnb.saes.release_table import (
     CANONICAL_L0,
     GS2_DEPTH_LAYERS,
