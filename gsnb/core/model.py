@@ -177,9 +177,25 @@ class Model:
         return out.to(self.device)
 
     def to_str_tokens(self, text: str | torch.Tensor, prepend_bos: bool = True) -> list[str]:
-        """The tokens of one text (or a ``[pos]`` / ``[1, pos]`` id tensor) as strings."""
-        ids = self.to_tokens(text, prepend_bos)[0] if isinstance(text, str) else text
-        return [self.tokenizer.decode([int(i)]) for i in ids.reshape(-1)]
+        """The tokens of one text (or a ``[pos]`` / ``[1, pos]`` id tensor) as strings.
+
+        One text at a time: a batch ``[batch > 1, pos]`` is refused rather than run together.
+        """
+        one_row = isinstance(text, torch.Tensor) and (
+            text.dim() == 1 or (text.dim() == 2 and len(text) == 1)
+        )
+        if isinstance(text, str):
+            ids = self.to_tokens(text, prepend_bos)[0]
+        elif one_row:
+            ids = text.reshape(-1)
+        else:
+            got = f"shape {tuple(text.shape)}" if isinstance(text, torch.Tensor) else repr(text)
+            raise ValueError(
+                f"to_str_tokens takes one text: a string, or token ids [pos] or [1, pos]; got "
+                f"{got[:80]}. For a batch, call it once per row: "
+                "[model.to_str_tokens(row) for row in tokens]"
+            )
+        return [self.tokenizer.decode([int(i)]) for i in ids]
 
     def _as_tokens(self, inputs) -> torch.Tensor:
         if isinstance(inputs, torch.Tensor):
