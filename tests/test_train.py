@@ -390,3 +390,83 @@ def test_train_config_keeps_its_meaningful_edge_values():
     cfg = TrainConfig(l0_coefficient=0.0, checkpoint_every=0, init_l0=None, lr=None, seq_len=2)
     assert (cfg.l0_coefficient, cfg.checkpoint_every, cfg.init_l0) == (0.0, 0, None)
     assert TrainConfig(batch_size=np.int64(64)).batch_size == 64
+
+
+class ThreadBroadcast:
+    """``torch.distributed.broadcast`` between threads, one thread per rank: the source's buffer
+    is copied into everyone else's."""
+
+    def __init__(self, world: int):
+        import threading
+
+        self.barrier, self.local, self.slot = threading.Barrier(world), threading.local(), None
+
+    def broadcast(self, buf, src):
+        if self.local.rank == src:
+            self.slot = buf.clone()
+        self.barrier.wait()
+        if self.local.rank != src:
+            buf.copy_(self.slot)
+        self.barrier.wait()
+
+
+@pytest.mark.parametrize(
+    "own_place",
+    [
+        (torch.device("cpu"), torch.float64),
+        pytest.param(
+            (torch.device("cuda"), torch.float32),
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ),
+    ],
+)
+def test_broadcast_saes_puts_received_saes_where_the_ranks_own_are(monkeypatch, own_place):
+    import threading
+
+    import torch.distributed as dist
+
+    from gsnb.saes.distributed import broadcast_saes
+    from gsnb.saes.sae import JumpReLUSAE, SAEConfig
+
+    fake = ThreadBroadcast(2)
+    monkeypatch.setattr(dist, "broadcast", fake.broadcast)
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    targets = [
+        ("resid_post.0", "resid_post.0", "resid_post.0"),
+        ("mlp_out.0", "mlp_out.0", "mlp_out.0"),
+    ]
+    ranks = {"resid_post.0": 0, "mlp_out.0": 1}
+    trained = {}
+    for i, (name, site, _) in enumerate(targets):
+        sae = JumpReLUSAE(SAEConfig(d_in=6, d_sae=10, site_in=site, input_scale=0.5 + i))
+        with torch.no_grad():
+            for p in sae.parameters():
+                p.copy_(torch.randn_like(p))
+        trained[name] = sae
+    # Rank 0 keeps its SAEs at own_place; rank 1 where a new SAE is made (CPU, float32).
+    own = {0: trained["resid_post.0"].to(*own_place), 1: trained["mlp_out.0"]}
+    rows = {0: [[1, 2.0, 3.0, 4.0, 5.0]], 1: [[1, 6.0, 7.0, 8.0, 9.0], [2, 1.0, 1.0, 1.0, 1.0]]}
+    results = {}
+
+    def run(rank):
+        fake.local.rank = rank
+        name = next(n for n, r in ranks.items() if r == rank)
+        results[rank] = broadcast_saes(
+            targets, ranks, {name: own[rank]}, {name: rows[rank]}, "m", rank, torch.device("cpu")
+        )
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    saes0, history0 = results[0]
+    received = saes0["mlp_out.0"]
+    assert (received.W_enc.device.type, received.W_enc.dtype) == (own_place[0].type, own_place[1])
+    for key, value in trained["mlp_out.0"].state_for_save().items():
+        torch.testing.assert_close(received.state_for_save()[key].cpu().float(), value.float())
+    assert received.cfg.input_scale == 1.5 and received.site_in == "mlp_out.0"
+    assert history0["mlp_out.0"] == rows[1]
+    saes1, _ = results[1]
+    assert saes1["resid_post.0"].W_enc.dtype == torch.float32  # rank 1's own place
+    assert saes1["resid_post.0"].W_enc.device.type == "cpu"
