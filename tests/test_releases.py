@@ -381,6 +381,29 @@ def test_local_folder_works_as_a_release(tmp_path, gemma3):
         load_sae(str(suite), "resid_post_all/layer_2_width_48_l0_smal")
 
 
+def test_a_local_id_with_another_l0_label_loads_the_one_sae_there_with_a_warning(tmp_path):
+    from gsnb.saes.sae import SAEConfig
+
+    def save(folder):
+        sae = JumpReLUSAE(SAEConfig(d_in=32, d_sae=48, site_in="resid_post.2"))
+        with torch.no_grad():
+            sae.W_enc.copy_(torch.randn(32, 48))
+        sae.save(tmp_path / "resid_post_all" / folder)
+        return sae
+
+    big = save("layer_2_width_48_l0_big")
+    save("layer_3_width_48_l0_small")
+    with pytest.warns(UserWarning, match=r"no 'resid_post_all/layer_2_width_48_l0_small'; loadi"):
+        loaded = load_sae(tmp_path, "resid_post_all/layer_2_width_48_l0_small", device="cpu")
+    assert torch.equal(loaded.W_enc, big.W_enc)
+    assert loaded.cfg.sae_id == "resid_post_all/layer_2_width_48_l0_big"  # what it really is
+    save("layer_2_width_48_l0_medium")  # two candidates: no guess
+    with pytest.raises(ValueError, match="no SAE 'resid_post_all/layer_2_width_48_l0_small'"):
+        load_sae(tmp_path, "resid_post_all/layer_2_width_48_l0_small", device="cpu")
+    with pytest.raises(ValueError, match="no SAE 'resid_post_all/layer_2_width_64_l0_big'"):
+        load_sae(tmp_path, "resid_post_all/layer_2_width_64_l0_big", device="cpu")
+
+
 def test_local_folder_in_gemma_scope_layout_resolves_canonical(tmp_path):
     for l0 in (40, 95, 180):
         folder = tmp_path / "layer_1" / "width_48" / f"average_l0_{l0}"
