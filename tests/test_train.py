@@ -470,3 +470,39 @@ def test_broadcast_saes_puts_received_saes_where_the_ranks_own_are(monkeypatch, 
     saes1, _ = results[1]
     assert saes1["resid_post.0"].W_enc.dtype == torch.float32  # rank 1's own place
     assert saes1["resid_post.0"].W_enc.device.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("l0", "label"),
+    [(3, "small"), (16, "small"), (24, "small"), (25, "medium"), (45, "medium"),
+     (73, "medium"), (74, "big"), (130, "big"), (900, "big")],
+)  # fmt: skip
+def test_l0_labels_follow_gemma_scope_2s_ranges_split_at_their_geometric_midpoints(l0, label):
+    from gsnb.saes.suite_names import l0_label
+
+    assert l0_label(l0) == label
+
+
+def test_small_suite_labels_each_sae_by_the_l0_it_reached(gemma3, tmp_path, monkeypatch):
+    from gsnb.saes.releases import list_sae_ids
+    from gsnb.saes.suites import small_suite
+
+    monkeypatch.setenv("GSNB_CACHE", str(tmp_path))
+    # No sparsity pressure and encoder biases at zero: about half of 256 features stay active.
+    cfg = TrainConfig(
+        d_sae=256,
+        batch_size=64,
+        n_tokens=4 * 64,
+        seq_len=16,
+        init_l0=None,
+        l0_coefficient=0.0,
+        progress=False,
+    )
+    suite = small_suite(gemma3, kinds=("resid_post",), layers=[1], cfg=cfg)
+    tokens = torch.randint(4, 70, (4, 16))
+    _, acts = gemma3.run_with_cache(tokens, ["resid_post.1"])
+    l0 = (suite.saes["resid_post.1"].encode(acts["resid_post.1"][:, 1:]) > 0).sum(-1).float()
+    assert l0.mean() > 90  # Gemma Scope 2's "big" range starts at 90
+    assert list_sae_ids(suite.folder) == ["resid_post_all/layer_1_width_256_l0_big"]
+    again = small_suite(gemma3, kinds=("resid_post",), layers=[1], cfg=cfg)  # from the cache
+    assert torch.equal(again.saes["resid_post.1"].W_enc, suite.saes["resid_post.1"].W_enc)

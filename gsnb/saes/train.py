@@ -33,6 +33,7 @@ from gsnb.saes.checkpoints import read_checkpoint, write_checkpoint
 from gsnb.saes.distributed import broadcast_saes, init_from_env
 from gsnb.saes.jumprelu import SAETrainer
 from gsnb.saes.sae import JumpReLUSAE, SAEConfig
+from gsnb.saes.suite_names import l0_label, measured_l0, suite_id
 from gsnb.saes.train_config import StepMetrics, TrainConfig, config_identity
 from gsnb.saes.train_data import input_scale, take_site, training_batches
 
@@ -63,28 +64,23 @@ class SuiteResult(NamedTuple):
     folder: Path | None = None
     """Where :func:`gsnb.small_suite` keeps the suite (a release folder for ``gsnb.load_sae``)."""
 
-    def save(self, root: str | os.PathLike, l0_label: str = "small") -> dict[str, Path]:
-        """Write every SAE under ``root`` in Gemma Scope 2's layout (see :func:`suite_id`);
-        ``gsnb.load_sae(root, id)`` reads them back."""
+    def ids(self, label: str | None = None) -> dict[str, str]:
+        """Every SAE's id in Gemma Scope 2's layout (see :func:`suite_id`), labelled ``label`` or,
+        by default, by the L0 it reached (:func:`gsnb.saes.suite_names.l0_label`)."""
+        ids = {}
+        for n, sae in self.saes.items():
+            l0 = measured_l0(self.history[n]) if label is None else None
+            l0 = sae.cfg.l0_target if l0 is None else l0
+            if label is None and l0 is None:
+                raise ValueError(f"{n} has no measured L0 to label it by: pass l0_label")
+            ids[n] = suite_id(n, sae.d_sae, label or l0_label(l0))
+        return ids
+
+    def save(self, root: str | os.PathLike, l0_label: str | None = None) -> dict[str, Path]:
+        """Write every SAE under ``root`` at its id (:meth:`ids`); ``gsnb.load_sae(root, id)``
+        reads them back."""
         root = Path(root)
-        return {
-            n: sae.save(root / suite_id(n, sae.d_sae, l0_label)) for n, sae in self.saes.items()
-        }
-
-
-SUITE_KINDS = ("resid_post", "attn_out", "mlp_out", "transcoder")
-"""Kinds of target a suite saves in Gemma Scope 2's layout, each in its ``{kind}_all`` folder."""
-
-
-def suite_id(name: str, d_sae: int, l0_label: str = "small") -> str:
-    """Gemma Scope 2 id of a trained target, the width a plain number of features:
-    ``suite_id("transcoder.3", 4096) == "transcoder_all/layer_3_width_4096_l0_small"``."""
-    kind, _, layer = name.partition(".")
-    if kind not in SUITE_KINDS or not layer.isdigit():
-        raise ValueError(
-            f"{name!r} has no Gemma Scope 2 folder: they hold {', '.join(SUITE_KINDS)}"
-        )
-    return f"{kind}_all/layer_{layer}_width_{d_sae}_l0_{l0_label}"
+        return {n: self.saes[n].save(root / i) for n, i in self.ids(l0_label).items()}
 
 
 def target_sites(target: str | tuple[str, str]) -> tuple[str, str, str]:
@@ -378,7 +374,6 @@ def _finish(
 
 
 def _finished_sae(trainer, history, cfg, model_name, site_in, site_out, scales) -> JumpReLUSAE:
-    late = [m.l0 for m in history[-max(1, len(history) // 10) :]]  # L0 over the last tenth
     sae_cfg = SAEConfig(
         d_in=trainer.p.W_encT.shape[1],
         d_sae=cfg.d_sae,
@@ -387,7 +382,7 @@ def _finished_sae(trainer, history, cfg, model_name, site_in, site_out, scales) 
         site_in=site_in,
         site_out=site_out,
         input_scale=scales[site_in],
-        l0_target=cfg.target_l0 or (sum(late) / len(late) if late else None),
+        l0_target=cfg.target_l0 or measured_l0(history),
     )
     return trainer.to_sae(sae_cfg, scales[site_in], scales[site_out])
 
