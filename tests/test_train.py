@@ -16,13 +16,13 @@ import torch
 
 from gsnb.saes.jumprelu import (
     Params,
-    SAETrainer,
     jumprelu,
     loss_and_grads,
     reference_loss,
     step,
 )
 from gsnb.saes.train import TrainConfig, target_sites, train_sae, train_suite
+from gsnb.saes.trainer import SAETrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

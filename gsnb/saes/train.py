@@ -31,11 +31,11 @@ from tqdm.auto import tqdm
 from gsnb.core.sites import parse_site, target_name, transcoder_sites
 from gsnb.saes.checkpoints import read_checkpoint, write_checkpoint
 from gsnb.saes.distributed import broadcast_saes, init_from_env
-from gsnb.saes.jumprelu import SAETrainer
 from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 from gsnb.saes.suite_names import l0_label, measured_l0, suite_id
 from gsnb.saes.train_config import StepMetrics, TrainConfig, config_identity
 from gsnb.saes.train_data import input_scale, take_site, training_batches
+from gsnb.saes.trainer import SAETrainer
 
 
 class TrainResult(NamedTuple):
@@ -98,9 +98,6 @@ def target_sites(target: str | tuple[str, str]) -> tuple[str, str, str]:
         return target, *transcoder_sites(int(layer))
     site = str(parse_site(target))
     return site, site, site
-
-
-# --- schedules, devices --------------------------------------------------
 
 
 def _schedule(cfg: TrainConfig, n_steps: int) -> tuple[float, int, int]:
@@ -358,12 +355,20 @@ def _finish(
     plan: _Plan, state: _State, model_name: str | None
 ) -> tuple[dict[str, JumpReLUSAE], dict[str, list[StepMetrics]]]:
     """This process's SAEs on raw activations, then (under torchrun) everyone's."""
-    saes = {
-        name: _finished_sae(
-            state.trainers[name], state.history[name], plan.cfg, model_name, a, b, state.scales
+    saes = {}
+    for name, site_in, site_out in plan.mine:
+        trainer, scales = state.trainers[name], state.scales
+        sae_cfg = SAEConfig(
+            d_in=trainer.p.W_encT.shape[1],
+            d_sae=plan.cfg.d_sae,
+            d_out=trainer.p.W_dec.shape[1],
+            model_name=model_name,
+            site_in=site_in,
+            site_out=site_out,
+            input_scale=scales[site_in],
+            l0_target=plan.cfg.target_l0 or measured_l0(state.history[name]),
         )
-        for name, a, b in plan.mine
-    }
+        saes[name] = trainer.to_sae(sae_cfg, scales[site_in], scales[site_out])
     history = state.history
     if plan.world > 1:
         saes, rows = broadcast_saes(
@@ -371,20 +376,6 @@ def _finish(
         )
         history = {n: [StepMetrics(int(r[0]), *r[1:]) for r in rows[n]] for n in rows}
     return saes, history
-
-
-def _finished_sae(trainer, history, cfg, model_name, site_in, site_out, scales) -> JumpReLUSAE:
-    sae_cfg = SAEConfig(
-        d_in=trainer.p.W_encT.shape[1],
-        d_sae=cfg.d_sae,
-        d_out=trainer.p.W_dec.shape[1],
-        model_name=model_name,
-        site_in=site_in,
-        site_out=site_out,
-        input_scale=scales[site_in],
-        l0_target=cfg.target_l0 or measured_l0(history),
-    )
-    return trainer.to_sae(sae_cfg, scales[site_in], scales[site_out])
 
 
 def _ramp(step: int, warmup: int) -> float:
