@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tiny import VOCAB, tiny_model
 
-from gsnb.saes import activations as cache
+from gsnb.core.files import AtomicFile
 from gsnb.saes.activations import ActivationStore, cache_activations
 
 SITES = ["embed", "attn_out.1", "mlp_in.1", "mlp_out.1", "resid_post.2"]
@@ -89,14 +89,14 @@ def test_interrupted_run_resumes_to_bit_identical_files(gemma3, tmp_path, monkey
     reference = run(gemma3, tmp_path / "reference")
     calls = {"n": 0}
     if crash_in == "writer":
-        real = cache._commit
+        real = AtomicFile.commit
 
-        def flaky(f, path):  # shard 0 whole, shard 1 only for the sites before mlp_in.1
-            if path.name == "shard_00001.safetensors" and path.parent.name == "mlp_in.1":
+        def flaky(f):  # shard 0 whole, shard 1 only for the sites before mlp_in.1
+            if f.target.name == "shard_00001.safetensors" and f.target.parent.name == "mlp_in.1":
                 raise RuntimeError("simulated crash")
-            return real(f, path)
+            return real(f)
 
-        monkeypatch.setattr(cache, "_commit", flaky)
+        monkeypatch.setattr(AtomicFile, "commit", flaky)
     else:
         real = gemma3.run_with_cache
 
@@ -253,3 +253,38 @@ def test_stream_store_gives_the_cached_rows_without_disk(model, tmp_path):
     assert torch.equal(idx["mlp_in.1"], idx["mlp_out.1"])  # rows stay aligned across sites
     with pytest.raises(KeyError, match="'resid_post.2' is not in this store"):
         next(stream.batches("resid_post.2", 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_streamed_shards_read_back_identically_through_the_safetensors_library(tmp_path, dtype):
+    from safetensors import safe_open
+
+    from gsnb.saes.activation_files import ShardSpec, ShardWriter, read_into, write_tensor
+
+    widths = {"mlp_in.1": 5, "mlp_out.1": 3}
+    for site in widths:
+        (tmp_path / site).mkdir()
+    rows = {s: torch.randn(7, w).to(dtype) for s, w in widths.items()}
+    done = []
+    writer = ShardWriter(ShardSpec(tmp_path, widths, dtype, {"format": "test"}), done.append)
+    try:  # shard 0 in three appends of 2, 4 and 1 rows
+        for r0, r1 in [(0, 2), (2, 6), (6, 7)]:
+            writer.submit(0, 7, {s: v[r0:r1] for s, v in rows.items()}, last=r1 == 7)
+        writer.drain()
+    finally:
+        writer.close()
+    assert done == [0]
+    for site, expected in rows.items():
+        path = tmp_path / site / "shard_00000.safetensors"
+        assert torch.equal(load_file(path)["acts"], expected)
+        with safe_open(path, "pt") as f:
+            assert f.keys() == ["acts"] and torch.equal(f.get_tensor("acts"), expected)
+            assert f.metadata() == {"format": "test", "shard": "0", "site": site}
+        into = torch.empty_like(expected)
+        read_into(path, into, "acts")
+        assert torch.equal(into, expected)
+    assert not list(tmp_path.rglob(".*"))  # no temporary file is left
+
+    tokens = torch.randint(0, 2**40, (3, 4))
+    write_tensor(tmp_path / "tokens.safetensors", "tokens", tokens, {"k": "v"})
+    assert torch.equal(load_file(tmp_path / "tokens.safetensors")["tokens"], tokens)

@@ -67,6 +67,20 @@ def test_tokens_start_with_bos_and_round_trip(gemma3):
     assert padded.tolist() == [[2, 64, 65, 66], [2, 69, 0, 0]]
 
 
+def test_to_str_tokens_takes_one_text_and_refuses_a_batch(gemma3):
+    words = ["<bos>", "the", "cat", "sat"]
+    ids = gemma3.to_tokens("the cat sat")  # [1, 4]
+    assert gemma3.to_str_tokens(ids) == words
+    assert gemma3.to_str_tokens(ids[0]) == words
+    batch = gemma3.to_tokens(["the cat sat", "a"])  # [2, 4]
+    with pytest.raises(ValueError, match=r"one text.*got shape \(2, 4\).*once per row"):
+        gemma3.to_str_tokens(batch)
+    with pytest.raises(ValueError, match=r"one text.*got shape \(1, 1, 4\)"):
+        gemma3.to_str_tokens(ids[None])
+    with pytest.raises(ValueError, match=r"one text.*got \['the cat', 'a'\]"):
+        gemma3.to_str_tokens(["the cat", "a"])
+
+
 @pytest.mark.parametrize("bad", ["", [], ["the cat", ""]])
 def test_empty_text_is_refused(gemma3, bad):
     with pytest.raises(ValueError, match="text is empty"):

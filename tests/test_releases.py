@@ -381,6 +381,29 @@ def test_local_folder_works_as_a_release(tmp_path, gemma3):
         load_sae(str(suite), "resid_post_all/layer_2_width_48_l0_smal")
 
 
+def test_a_local_id_with_another_l0_label_loads_the_one_sae_there_with_a_warning(tmp_path):
+    from gsnb.saes.sae import SAEConfig
+
+    def save(folder):
+        sae = JumpReLUSAE(SAEConfig(d_in=32, d_sae=48, site_in="resid_post.2"))
+        with torch.no_grad():
+            sae.W_enc.copy_(torch.randn(32, 48))
+        sae.save(tmp_path / "resid_post_all" / folder)
+        return sae
+
+    big = save("layer_2_width_48_l0_big")
+    save("layer_3_width_48_l0_small")
+    with pytest.warns(UserWarning, match=r"no 'resid_post_all/layer_2_width_48_l0_small'; loadi"):
+        loaded = load_sae(tmp_path, "resid_post_all/layer_2_width_48_l0_small", device="cpu")
+    assert torch.equal(loaded.W_enc, big.W_enc)
+    assert loaded.cfg.sae_id == "resid_post_all/layer_2_width_48_l0_big"  # what it really is
+    save("layer_2_width_48_l0_medium")  # two candidates: no guess
+    with pytest.raises(ValueError, match="no SAE 'resid_post_all/layer_2_width_48_l0_small'"):
+        load_sae(tmp_path, "resid_post_all/layer_2_width_48_l0_small", device="cpu")
+    with pytest.raises(ValueError, match="no SAE 'resid_post_all/layer_2_width_64_l0_big'"):
+        load_sae(tmp_path, "resid_post_all/layer_2_width_64_l0_big", device="cpu")
+
+
 def test_local_folder_in_gemma_scope_layout_resolves_canonical(tmp_path):
     for l0 in (40, 95, 180):
         folder = tmp_path / "layer_1" / "width_48" / f"average_l0_{l0}"
@@ -493,6 +516,21 @@ def test_list_sae_ids_speaks_the_naming_of_the_release_asked(hub):
         load_sae("gemma-scope-2-270m-pt-res-all", "layer_3_width_1k_l0_smal")
     with pytest.raises(ValueError, match="Close matches: gemma-scope-2-270m-pt-res-all"):
         load_sae("gemma-scope-2-270m-pt-res-al", "layer_3_width_1k_l0_small")
+
+
+def test_offline_listing_reads_the_revision_main_points_to(hub):
+    repo, old = "google/gemma-scope-2-270m-pt", "f" * 40
+    hub.add(repo, "resid_post_all/layer_3_width_1k_l0_small/params.safetensors", b"new")
+    # An older snapshot holding another SAE: not part of what main is now.
+    stale = hub.root / "models--google--gemma-scope-2-270m-pt" / "snapshots" / old
+    (stale / "resid_post_all/layer_5_width_1k_l0_small").mkdir(parents=True)
+    (stale / "resid_post_all/layer_5_width_1k_l0_small/params.safetensors").write_bytes(b"old")
+    assert list_sae_ids("gemma-scope-2-270m-pt") == ["resid_post_all/layer_3_width_1k_l0_small"]
+    (hub.root / "models--google--gemma-scope-2-270m-pt" / "refs" / "main").unlink()
+    assert list_sae_ids("gemma-scope-2-270m-pt") == [  # no ref cached: every snapshot counts
+        "resid_post_all/layer_3_width_1k_l0_small",
+        "resid_post_all/layer_5_width_1k_l0_small",
+    ]
 
 
 def plain_pre_mlp_norm_inputs(hf, tokens: torch.Tensor) -> list[np.ndarray]:

@@ -151,6 +151,16 @@ def test_transcoder_sites_are_named_in_one_place():
         transcoder_sites(1, reads="resid_post")
 
 
+@pytest.mark.parametrize("site", ["resid_post.-1", "mlp_in.-3"])
+def test_negative_layers_are_refused_even_without_a_model(site):
+    kind = site.split(".")[0]
+    with pytest.raises(ValueError, match=rf"'{site}' has a negative layer: layers count from 0;"):
+        parse_site(site)
+    with pytest.raises(ValueError, match=r"negative layer.*\(this model has layers 0\.\.5\)"):
+        parse_site(site, n_layers=6)
+    assert parse_site(f"{kind}.0").layer == 0
+
+
 @pytest.mark.parametrize(
     ("site", "message"),
     [

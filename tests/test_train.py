@@ -10,18 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from gsnb.saes.jumprelu import (
     Params,
-    SAETrainer,
     jumprelu,
     loss_and_grads,
     reference_loss,
     step,
 )
 from gsnb.saes.train import TrainConfig, target_sites, train_sae, train_suite
+from gsnb.saes.trainer import SAETrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -354,3 +355,154 @@ def test_suite_sites_must_be_distinct_and_known():
         train_suite(None, ["resid_post.0", "resid_post.0"], TrainConfig(progress=False), [])
     with pytest.raises(ValueError, match="transcoder.3"):
         target_sites("transcoder.x")
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "must"),
+    [
+        ("batch_size", 0, "an integer >= 1"),
+        ("log_every", 0, "an integer >= 1"),
+        ("bandwidth", 0.0, "a number > 0"),
+        ("bandwidth", float("nan"), "a number > 0"),
+        ("dtype", "bfloat16", "'float32' .* or 'float64'"),
+        ("dtype", torch.float32, "'float32' .* or 'float64'"),
+        ("d_sae", 0, "an integer >= 1"),
+        ("n_tokens", -1, "an integer >= 1"),
+        ("batch_size", 4096.0, "an integer >= 1"),
+        ("lr", 0.0, "None .* or a number > 0"),
+        ("target_l0", -5.0, "None or a number > 0"),
+        ("l0_coefficient", -1e-3, "a number >= 0"),
+        ("lr_decay_fraction", 1.5, "a number from 0 to 1"),
+        ("seq_len", 1, "an integer >= 2"),
+        ("scale_batches", 0, "an integer >= 1"),
+        ("checkpoint_every", -1, "an integer >= 0"),
+        ("init_l0", 0, "None or a number > 0"),
+    ],
+)
+def test_train_config_refuses_a_bad_value_naming_the_field_and_a_fix(field, bad, must):
+    with pytest.raises(ValueError, match=rf"TrainConfig\({field}=.*\): {field} must be {must}"):
+        TrainConfig(**{field: bad})
+    with pytest.raises(ValueError, match=rf"pass for example TrainConfig\({field}="):
+        TrainConfig(**{field: bad})
+
+
+def test_train_config_keeps_its_meaningful_edge_values():
+    cfg = TrainConfig(l0_coefficient=0.0, checkpoint_every=0, init_l0=None, lr=None, seq_len=2)
+    assert (cfg.l0_coefficient, cfg.checkpoint_every, cfg.init_l0) == (0.0, 0, None)
+    assert TrainConfig(batch_size=np.int64(64)).batch_size == 64
+
+
+class ThreadBroadcast:
+    """``torch.distributed.broadcast`` between threads, one thread per rank: the source's buffer
+    is copied into everyone else's."""
+
+    def __init__(self, world: int):
+        import threading
+
+        self.barrier, self.local, self.slot = threading.Barrier(world), threading.local(), None
+
+    def broadcast(self, buf, src):
+        if self.local.rank == src:
+            self.slot = buf.clone()
+        self.barrier.wait()
+        if self.local.rank != src:
+            buf.copy_(self.slot)
+        self.barrier.wait()
+
+
+@pytest.mark.parametrize(
+    "own_place",
+    [
+        (torch.device("cpu"), torch.float64),
+        pytest.param(
+            (torch.device("cuda"), torch.float32),
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ),
+    ],
+)
+def test_broadcast_saes_puts_received_saes_where_the_ranks_own_are(monkeypatch, own_place):
+    import threading
+
+    import torch.distributed as dist
+
+    from gsnb.saes.distributed import broadcast_saes
+    from gsnb.saes.sae import JumpReLUSAE, SAEConfig
+
+    fake = ThreadBroadcast(2)
+    monkeypatch.setattr(dist, "broadcast", fake.broadcast)
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    targets = [
+        ("resid_post.0", "resid_post.0", "resid_post.0"),
+        ("mlp_out.0", "mlp_out.0", "mlp_out.0"),
+    ]
+    ranks = {"resid_post.0": 0, "mlp_out.0": 1}
+    trained = {}
+    for i, (name, site, _) in enumerate(targets):
+        sae = JumpReLUSAE(SAEConfig(d_in=6, d_sae=10, site_in=site, input_scale=0.5 + i))
+        with torch.no_grad():
+            for p in sae.parameters():
+                p.copy_(torch.randn_like(p))
+        trained[name] = sae
+    # Rank 0 keeps its SAEs at own_place; rank 1 where a new SAE is made (CPU, float32).
+    own = {0: trained["resid_post.0"].to(*own_place), 1: trained["mlp_out.0"]}
+    rows = {0: [[1, 2.0, 3.0, 4.0, 5.0]], 1: [[1, 6.0, 7.0, 8.0, 9.0], [2, 1.0, 1.0, 1.0, 1.0]]}
+    results = {}
+
+    def run(rank):
+        fake.local.rank = rank
+        name = next(n for n, r in ranks.items() if r == rank)
+        results[rank] = broadcast_saes(
+            targets, ranks, {name: own[rank]}, {name: rows[rank]}, "m", rank, torch.device("cpu")
+        )
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    saes0, history0 = results[0]
+    received = saes0["mlp_out.0"]
+    assert (received.W_enc.device.type, received.W_enc.dtype) == (own_place[0].type, own_place[1])
+    for key, value in trained["mlp_out.0"].state_for_save().items():
+        torch.testing.assert_close(received.state_for_save()[key].cpu().float(), value.float())
+    assert received.cfg.input_scale == 1.5 and received.site_in == "mlp_out.0"
+    assert history0["mlp_out.0"] == rows[1]
+    saes1, _ = results[1]
+    assert saes1["resid_post.0"].W_enc.dtype == torch.float32  # rank 1's own place
+    assert saes1["resid_post.0"].W_enc.device.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("l0", "label"),
+    [(3, "small"), (16, "small"), (24, "small"), (25, "medium"), (45, "medium"),
+     (73, "medium"), (74, "big"), (130, "big"), (900, "big")],
+)  # fmt: skip
+def test_l0_labels_follow_gemma_scope_2s_ranges_split_at_their_geometric_midpoints(l0, label):
+    from gsnb.saes.suite_names import l0_label
+
+    assert l0_label(l0) == label
+
+
+def test_small_suite_labels_each_sae_by_the_l0_it_reached(gemma3, tmp_path, monkeypatch):
+    from gsnb.saes.releases import list_sae_ids
+    from gsnb.saes.suites import small_suite
+
+    monkeypatch.setenv("GSNB_CACHE", str(tmp_path))
+    # No sparsity pressure and encoder biases at zero: about half of 256 features stay active.
+    cfg = TrainConfig(
+        d_sae=256,
+        batch_size=64,
+        n_tokens=4 * 64,
+        seq_len=16,
+        init_l0=None,
+        l0_coefficient=0.0,
+        progress=False,
+    )
+    suite = small_suite(gemma3, kinds=("resid_post",), layers=[1], cfg=cfg)
+    tokens = torch.randint(4, 70, (4, 16))
+    _, acts = gemma3.run_with_cache(tokens, ["resid_post.1"])
+    l0 = (suite.saes["resid_post.1"].encode(acts["resid_post.1"][:, 1:]) > 0).sum(-1).float()
+    assert l0.mean() > 90  # Gemma Scope 2's "big" range starts at 90
+    assert list_sae_ids(suite.folder) == ["resid_post_all/layer_1_width_256_l0_big"]
+    again = small_suite(gemma3, kinds=("resid_post",), layers=[1], cfg=cfg)  # from the cache
+    assert torch.equal(again.saes["resid_post.1"].W_enc, suite.saes["resid_post.1"].W_enc)

@@ -22,6 +22,8 @@ from torch import nn
 
 from gsnb.analysis.steering import intervene as _intervene
 from gsnb.core import hooks as _hooks
+from gsnb.core.files import TMP_SUFFIX, publish_dir
+from gsnb.core.hub import offline
 from gsnb.core.kv_cache import cache_argument, find_cache
 from gsnb.core.sites import KINDS, Site, parse_site, site_names
 
@@ -66,7 +68,7 @@ def prepare_embedded_model(cache_dir: str | Path | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", suffix=TMP_SUFFIX, dir=target.parent))
     try:
         gguf_path = gguf_pkg.assemble(tmp / gguf_pkg.MODEL_NAME)
         tokenizer = AutoTokenizer.from_pretrained(str(tmp), gguf_file=gguf_path.name)
@@ -86,16 +88,6 @@ def prepare_embedded_model(cache_dir: str | Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def publish_dir(tmp: Path, target: Path) -> None:
-    """Rename the finished folder ``tmp`` to ``target``; if another process got there first,
-    keep theirs (``tmp`` is left for the caller to delete)."""
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        if not target.is_dir():
-            raise
 
 
 class Model:
@@ -185,9 +177,25 @@ class Model:
         return out.to(self.device)
 
     def to_str_tokens(self, text: str | torch.Tensor, prepend_bos: bool = True) -> list[str]:
-        """The tokens of one text (or a ``[pos]`` / ``[1, pos]`` id tensor) as strings."""
-        ids = self.to_tokens(text, prepend_bos)[0] if isinstance(text, str) else text
-        return [self.tokenizer.decode([int(i)]) for i in ids.reshape(-1)]
+        """The tokens of one text (or a ``[pos]`` / ``[1, pos]`` id tensor) as strings.
+
+        One text at a time: a batch ``[batch > 1, pos]`` is refused rather than run together.
+        """
+        one_row = isinstance(text, torch.Tensor) and (
+            text.dim() == 1 or (text.dim() == 2 and len(text) == 1)
+        )
+        if isinstance(text, str):
+            ids = self.to_tokens(text, prepend_bos)[0]
+        elif one_row:
+            ids = text.reshape(-1)
+        else:
+            got = f"shape {tuple(text.shape)}" if isinstance(text, torch.Tensor) else repr(text)
+            raise ValueError(
+                f"to_str_tokens takes one text: a string, or token ids [pos] or [1, pos]; got "
+                f"{got[:80]}. For a batch, call it once per row: "
+                "[model.to_str_tokens(row) for row in tokens]"
+            )
+        return [self.tokenizer.decode([int(i)]) for i in ids]
 
     def _as_tokens(self, inputs) -> torch.Tensor:
         if isinstance(inputs, torch.Tensor):
@@ -347,10 +355,9 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(source)
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         raise OSError(
             f"could not load model {name!r}"
-            + (" (HF_HUB_OFFLINE is set)" if offline else "")
+            + (" (HF_HUB_OFFLINE is set)" if offline() else "")
             + ": if it is a hub id, download it once while online (and accept its licence, "
             "then `hf auth login`), or pass a local folder; with no network use the embedded "
             f"default, gsnb.load_model(). Cause: {err}"

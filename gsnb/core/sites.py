@@ -111,6 +111,13 @@ def parse_site(site: str | Site, n_layers: int | None = None) -> Site:
                 f"{', '.join(ALL_KINDS)} (for example 'resid_post.3')"
             )
         parsed = Site(kind, int(layer_str))
+    if parsed.layer is not None and parsed.layer < 0:
+        # Python-style negative indices would name a different layer on every model size.
+        known = f" (this model has layers 0..{n_layers - 1})" if n_layers is not None else ""
+        raise ValueError(
+            f"site {str(parsed)!r} has a negative layer: layers count from 0{known}; for the last "
+            f"one pass its index, e.g. f'{parsed.kind}.{{model.n_layers - 1}}'"
+        )
     if n_layers is not None and parsed.layer is not None and not 0 <= parsed.layer < n_layers:
         raise ValueError(
             f"site {str(parsed)!r} is out of range: this model has layers 0..{n_layers - 1}"

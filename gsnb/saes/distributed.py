@@ -41,38 +41,29 @@ def broadcast_saes(
     """Broadcast every SAE from the process that trained it to all (tensors only, no pickles).
 
     ``targets``: ``(name, site_in, site_out)`` of every SAE; ``ranks``: name -> training rank;
-    ``saes`` and ``history`` (rows of 5 numbers): this rank's own. Returns every SAE and every
-    history (as rows), keyed by name."""
+    ``saes`` and ``history`` (rows of 5 numbers): this rank's own; ``device``: the training
+    device, which NCCL sends from. SAEs received from other ranks end on the device and in the
+    dtype of this rank's own (where a new :class:`JumpReLUSAE` is made if it has none), so a
+    rank's suite never mixes devices. Returns every SAE and every history (as rows), by name.
+    """
     import torch.distributed as dist
 
     comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    own = next(iter(saes.values()), None)
     all_saes, all_history = {}, {}
     for name, site_in, site_out in targets:
-        src, sae = ranks[name], saes.get(name)
-        head = torch.zeros(6, dtype=torch.float64, device=comm)
-        if rank == src:
-            c = sae.cfg
-            head[:] = torch.tensor(
-                [c.d_in, c.d_sae, c.d_out, len(history[name]), c.input_scale, c.l0_target or 0.0]
-            )
+        src = ranks[name]
+        sae = saes[name] if rank == src else None
+        rows = history[name] if rank == src else []
+        head = _header(sae, len(rows), comm)
         dist.broadcast(head, src)
-        d_in, d_sae, d_out, n_hist = (int(v) for v in head[:4].tolist())
-        if rank != src:
-            sae = JumpReLUSAE(
-                SAEConfig(
-                    d_in=d_in,
-                    d_sae=d_sae,
-                    d_out=d_out,
-                    model_name=model_name,
-                    site_in=site_in,
-                    site_out=site_out,
-                    input_scale=float(head[4]),
-                    l0_target=float(head[5]) or None,
-                )
-            )
-        hist = torch.zeros(n_hist, 5, dtype=torch.float64)
-        if rank == src:
-            hist = torch.tensor(history[name], dtype=torch.float64).reshape(n_hist, 5)
+        if sae is None:
+            sae = _empty_sae(head, model_name, site_in, site_out)
+            if own is not None:
+                sae = sae.to(device=own.W_enc.device, dtype=own.W_enc.dtype)
+        hist = torch.zeros(int(head[3]), 5, dtype=torch.float64)
+        if rows:
+            hist = torch.tensor(rows, dtype=torch.float64).reshape(-1, 5)
         for tensor in [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold, hist]:
             buf = tensor.detach().to(comm).contiguous()
             dist.broadcast(buf, src)
@@ -81,3 +72,28 @@ def broadcast_saes(
         all_saes[name] = sae
         all_history[name] = hist.tolist()
     return all_saes, all_history
+
+
+def _header(sae: JumpReLUSAE | None, n_rows: int, comm: torch.device) -> torch.Tensor:
+    """What a receiver needs to build an SAE before its tensors arrive (zeros if not the sender):
+    ``[d_in, d_sae, d_out, history rows, input_scale, l0_target or 0]``."""
+    head = torch.zeros(6, dtype=torch.float64, device=comm)
+    if sae is not None:
+        c = sae.cfg
+        head[:] = torch.tensor([c.d_in, c.d_sae, c.d_out, n_rows, c.input_scale, c.l0_target or 0])
+    return head
+
+
+def _empty_sae(head: torch.Tensor, model_name, site_in: str, site_out: str) -> JumpReLUSAE:
+    d_in, d_sae, d_out = (int(v) for v in head[:3].tolist())
+    cfg = SAEConfig(
+        d_in=d_in,
+        d_sae=d_sae,
+        d_out=d_out,
+        model_name=model_name,
+        site_in=site_in,
+        site_out=site_out,
+        input_scale=float(head[4]),
+        l0_target=float(head[5]) or None,
+    )
+    return JumpReLUSAE(cfg)

@@ -19,7 +19,7 @@ functions; :func:`reference_loss` is the loss built from them with plain dense a
 features are active, without dense decoder maths: every gradient vanishes outside the entries
 that are active or within ``eps / 2`` of the threshold, so only the encoder's forward matmul is
 dense; decoding, the decoder's gradients and the encoder's gradient read those few entries.
-:class:`SAETrainer` holds one SAE's parameters and Adam state and takes the recipe's steps.
+:class:`gsnb.saes.trainer.SAETrainer` takes the recipe's steps with them.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-
-from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
 
 def rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -190,35 +188,14 @@ def loss_and_grads(
     """
     batch, d_sae = x.shape[0], p.b_enc.shape[0]
     eps = bandwidth
-    # The one dense matmul. The bias is added later, to the few visited entries only.
-    pre = x @ p.W_encT.T  # [batch, d_sae]
-    # Entries whose gradient can be nonzero: active (pre > theta) or in the kernel's window
-    # (|pre - theta| < eps/2). A margin of a full eps keeps rounding from dropping any; exact
-    # tests on the visited entries decide the rest.
-    cutoff = p.threshold - p.b_enc - eps
-    if sparse is None:
-        # Judge density on a few rows: a full count would cost another pass over [batch, d_sae].
-        sample = pre[: min(batch, 256)]
-        sparse = float((sample > cutoff).float().mean()) <= max_density
-    if sparse:
-        flat = (pre > cutoff).view(-1).nonzero().squeeze(1)  # row-major, so sorted by row
-        rows, cols = flat // d_sae, flat % d_sae
-        z = pre.view(-1)[flat] + p.b_enc[cols]
-        del pre
-        theta = p.threshold[cols]
-        density = flat.numel() / (batch * d_sae)
-    else:
-        rows = cols = None
-        z, theta = pre.add_(p.b_enc), p.threshold
-        density = float((z > cutoff + p.b_enc).float().mean())
-    active = z > theta
-    window = rectangle((z - theta) / eps)
-    f = z * active
+    e = _visited_entries(p, x, eps, sparse, max_density)
+    active = e.z > e.theta
+    window = rectangle((e.z - e.theta) / eps)
+    f = e.z * active
     l0 = float(active.sum()) / batch
 
-    if sparse:
-        f_rows = _coo(rows, cols, f, (batch, d_sae))
-        y_hat = torch.sparse.mm(f_rows, p.W_dec).add_(p.b_dec)
+    if e.rows is not None:
+        y_hat = torch.sparse.mm(_coo(e.rows, e.cols, f, (batch, d_sae)), p.W_dec).add_(p.b_dec)
     else:
         y_hat = torch.addmm(p.b_dec, f, p.W_dec)
     resid = y_hat - y  # [batch, d_out]
@@ -229,35 +206,89 @@ def loss_and_grads(
     loss = mse + float(sparsity_penalty(l0, coefficient, target_l0))
 
     g = resid.mul_(2.0 / batch)  # dloss/dy_hat
-    if sparse:
-        crow = torch.zeros(batch + 1, dtype=torch.long, device=x.device)
-        crow[1:] = torch.bincount(rows, minlength=batch).cumsum(0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "sparse CSR is in beta": it is only a pattern here
-            pattern = torch.sparse_csr_tensor(
-                crow, cols, torch.ones_like(f), (batch, d_sae), check_invariants=False
-            )
-        # dloss/df only where it is needed: g[row] . W_dec[col] for the visited entries.
-        df = torch.sparse.sampled_addmm(pattern, g, p.W_dec.T, beta=0.0).values()
-    else:
-        df = g @ p.W_dec.T
+    df = _dloss_df(p, e, g, f)
     dpre = df * active
-    dtheta_entries = -(theta * df + slope / batch) * window / eps
-    if sparse:
-        grad_threshold = torch.zeros_like(p.threshold).index_add_(0, cols, dtheta_entries)
-        grad_b_enc = torch.zeros_like(p.b_enc).index_add_(0, cols, dpre)
-        order = torch.argsort(cols, stable=True)
-        rc = (cols[order], rows[order])
-        grad_W_dec = torch.sparse.mm(_coo(*rc, f[order], (d_sae, batch)), g)
-        grad_W_encT = torch.sparse.mm(_coo(*rc, dpre[order], (d_sae, batch)), x)
-    else:
-        grad_threshold = dtheta_entries.sum(0)
-        grad_b_enc = dpre.sum(0)
-        grad_W_dec = f.T @ g
-        grad_W_encT = dpre.T @ x
-    grads = Params(grad_W_encT, grad_b_enc, grad_W_dec, g.sum(0), grad_threshold)
-    stats = StepStats(loss, mse, l0, sq / max(var, 1e-30), density)
+    dtheta_entries = -(e.theta * df + slope / batch) * window / eps
+    grads = _param_grads(p, e, x, g, f, dpre, dtheta_entries)
+    stats = StepStats(loss, mse, l0, sq / max(var, 1e-30), e.density)
     return stats, grads
+
+
+class _Entries(NamedTuple):
+    """The ``[batch, d_sae]`` entries a step visits, with their pre-activations and thresholds.
+
+    Sparse: the visited entries' ``rows`` and ``cols`` (row-major), ``z`` and ``theta`` ``[n]``.
+    Dense: ``rows`` and ``cols`` are ``None``, ``z [batch, d_sae]`` and ``theta [d_sae]``.
+    """
+
+    rows: torch.Tensor | None
+    cols: torch.Tensor | None
+    z: torch.Tensor
+    theta: torch.Tensor
+    density: float
+    """Share of all entries that are near or above threshold."""
+
+
+def _visited_entries(
+    p: Params, x: torch.Tensor, eps: float, sparse: bool | None, max_density: float
+) -> _Entries:
+    """The one dense matmul, then the entries whose gradient can be nonzero: active
+    (``pre > theta``) or in the kernel's window (``|pre - theta| < eps / 2``)."""
+    batch, d_sae = x.shape[0], p.b_enc.shape[0]
+    # The bias is added later, to the few visited entries only.
+    pre = x @ p.W_encT.T  # [batch, d_sae]
+    # A margin of a full eps keeps rounding from dropping any entry; exact tests on the visited
+    # entries decide the rest.
+    cutoff = p.threshold - p.b_enc - eps
+    if sparse is None:
+        # Judge density on a few rows: a full count would cost another pass over [batch, d_sae].
+        sample = pre[: min(batch, 256)]
+        sparse = float((sample > cutoff).float().mean()) <= max_density
+    if not sparse:
+        z = pre.add_(p.b_enc)
+        return _Entries(None, None, z, p.threshold, float((z > cutoff + p.b_enc).float().mean()))
+    flat = (pre > cutoff).view(-1).nonzero().squeeze(1)  # row-major, so sorted by row
+    rows, cols = flat // d_sae, flat % d_sae
+    z = pre.view(-1)[flat] + p.b_enc[cols]
+    return _Entries(rows, cols, z, p.threshold[cols], flat.numel() / (batch * d_sae))
+
+
+def _dloss_df(p: Params, e: _Entries, g: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """dloss/df where it is needed: ``g[row] . W_dec[col]`` for the visited entries."""
+    if e.rows is None:
+        return g @ p.W_dec.T
+    batch, d_sae = g.shape[0], p.b_enc.shape[0]
+    crow = torch.zeros(batch + 1, dtype=torch.long, device=g.device)
+    crow[1:] = torch.bincount(e.rows, minlength=batch).cumsum(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR is in beta": it is only a pattern here
+        pattern = torch.sparse_csr_tensor(
+            crow, e.cols, torch.ones_like(f), (batch, d_sae), check_invariants=False
+        )
+    return torch.sparse.sampled_addmm(pattern, g, p.W_dec.T, beta=0.0).values()
+
+
+def _param_grads(
+    p: Params,
+    e: _Entries,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    f: torch.Tensor,
+    dpre: torch.Tensor,
+    dtheta: torch.Tensor,
+) -> Params:
+    """Every parameter's gradient from the visited entries' ``f``, ``dloss/dpre`` and
+    ``dloss/dtheta`` and the output gradient ``g [batch, d_out]``."""
+    if e.rows is None:
+        return Params(dpre.T @ x, dpre.sum(0), f.T @ g, g.sum(0), dtheta.sum(0))
+    batch, d_sae = g.shape[0], p.b_enc.shape[0]
+    grad_threshold = torch.zeros_like(p.threshold).index_add_(0, e.cols, dtheta)
+    grad_b_enc = torch.zeros_like(p.b_enc).index_add_(0, e.cols, dpre)
+    order = torch.argsort(e.cols, stable=True)
+    rc = (e.cols[order], e.rows[order])
+    grad_W_dec = torch.sparse.mm(_coo(*rc, f[order], (d_sae, batch)), g)
+    grad_W_encT = torch.sparse.mm(_coo(*rc, dpre[order], (d_sae, batch)), x)
+    return Params(grad_W_encT, grad_b_enc, grad_W_dec, g.sum(0), grad_threshold)
 
 
 def _coo(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
@@ -266,107 +297,3 @@ def _coo(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape) ->
     return torch.sparse_coo_tensor(
         torch.stack([rows, cols]), values, shape, is_coalesced=True, check_invariants=False
     )
-
-
-class SAETrainer:
-    """One SAE's parameters and Adam state during training, in scaled units.
-
-    Initialisation (seeded by ``seed``): decoder rows random and of unit norm, the encoder their
-    transpose (random unit rows when input and output widths differ), zero biases, thresholds at
-    ``threshold_init``. Adam has beta1 = 0, beta2 = 0.999.
-    """
-
-    def __init__(
-        self,
-        d_in: int,
-        d_out: int,
-        d_sae: int,
-        threshold_init: float,
-        seed: int,
-        device: torch.device,
-        dtype: torch.dtype,
-    ):
-        gen = torch.Generator().manual_seed(seed)
-        W_dec = torch.randn(d_sae, d_out, generator=gen, dtype=torch.float64)
-        W_dec /= W_dec.norm(dim=1, keepdim=True)
-        W_encT = W_dec.clone()
-        if d_in != d_out:
-            W_encT = torch.randn(d_sae, d_in, generator=gen, dtype=torch.float64)
-            W_encT /= W_encT.norm(dim=1, keepdim=True)
-        tensors = [
-            W_encT,
-            torch.zeros(d_sae),
-            W_dec,
-            torch.zeros(d_out),
-            torch.full((d_sae,), threshold_init),
-        ]
-        self.p = Params(*(torch.nn.Parameter(t.to(device, dtype)) for t in tensors))
-        self.opt = torch.optim.Adam(
-            self.p.tensors(),
-            lr=1.0,
-            betas=(0.0, 0.999),
-            eps=1e-8,
-            fused=device.type in ("cpu", "cuda"),
-        )
-
-    @torch.no_grad()
-    def step(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        lr: float,
-        bandwidth: float,
-        coefficient: float,
-        target_l0: float | None,
-        sparse: bool | None,
-    ) -> StepStats:
-        """One Adam step on ``x [batch, d_in]`` -> ``y [batch, d_out]`` (scaled units)."""
-        stats, grads = loss_and_grads(self.p, x, y, bandwidth, coefficient, target_l0, sparse)
-        # Keep decoder rows on the unit sphere: drop the gradient's radial part, renormalise after.
-        radial = torch.linalg.vecdot(grads.W_dec, self.p.W_dec)  # [d_sae]
-        grads.W_dec.addcmul_(radial[:, None], self.p.W_dec, value=-1.0)
-        for param, grad in zip(self.p.tensors(), grads.tensors(), strict=True):
-            param.grad = grad
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        self.opt.step()
-        with torch.no_grad():
-            self.p.W_dec.div_(self.p.W_dec.norm(dim=1, keepdim=True))
-            # Below zero the SAE's ReLU, which the training loss does not model, would act.
-            self.p.threshold.clamp_(min=0.0)
-        return stats
-
-    def to_sae(self, cfg: SAEConfig, scale_in: float, scale_out: float) -> JumpReLUSAE:
-        """The SAE on raw activations (trained on ``x * scale_in`` -> ``y * scale_out``).
-
-        Pre-activations, thresholds and the output bias are divided by ``scale_out``, so the
-        decoder rows stay unit vectors and feature activations are in raw output units.
-        """
-        p, sae = self.p, JumpReLUSAE(cfg)
-        with torch.no_grad():
-            sae.W_enc.copy_(p.W_encT.T.double() * (scale_in / scale_out))
-            sae.b_enc.copy_(p.b_enc.double() / scale_out)
-            sae.W_dec.copy_(p.W_dec)
-            sae.b_dec.copy_(p.b_dec.double() / scale_out)
-            sae.threshold.copy_(p.threshold.double() / scale_out)
-        return sae
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Parameters and Adam state as named CPU tensors (for safetensors)."""
-        out = {}
-        for name, t in zip(Params.NAMES, self.p.tensors(), strict=True):
-            out[name] = t.detach()
-            out.update({f"adam.{k}.{name}": v for k, v in self.opt.state[t].items()})
-        return {k: v.detach().contiguous().cpu() for k, v in out.items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore what :meth:`state_dict` gave."""
-        with torch.no_grad():
-            for name, t in zip(Params.NAMES, self.p.tensors(), strict=True):
-                t.copy_(state[name])
-                adam = {
-                    k.split(".")[1]: v
-                    for k, v in state.items()
-                    if k.startswith("adam.") and k.endswith(f".{name}")
-                }
-                self.opt.state[t] = {k: v.to(t.device) for k, v in adam.items()}

@@ -15,7 +15,8 @@ A release names a Hugging Face repo and an SAE id names a folder in it:
   reads ``params_layer_{L}.safetensors`` for every layer and returns a
   :class:`gsnb.CrossLayerTranscoder`.
 * A local folder in either layout, such as a suite gsnb trained and saved, works as a release
-  (there ``layer_L/width_W/canonical`` picks the average L0 closest to 100).
+  (there ``layer_L/width_W/canonical`` picks the average L0 closest to 100, and a Gemma Scope 2
+  id whose L0 label is not there loads, with a warning, the one SAE that differs only in it).
 
 Files come through ``huggingface_hub.hf_hub_download``, so its cache, tokens and
 ``HF_HUB_OFFLINE`` apply as usual.
@@ -25,44 +26,33 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
+import warnings
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
-from gsnb.core.sites import transcoder_sites
+from gsnb.core.hub import cache_dir, cached_files, offline
 from gsnb.saes.clt import CrossLayerTranscoder
-from gsnb.saes.hub import cache_dir, cached_files, offline, repo_files
-from gsnb.saes.release_table import (
-    CANONICAL_L0,
-    GS2_DEPTH_LAYERS,
-    GS2_KINDS,
-    GS2_NP_RES,
-    GS2_NP_TRANSCODER,
-    N_LAYERS,
-    Alias,
-    ReleaseInfo,
-    build_aliases,
-    build_releases,
-    canonical_l0s,
+from gsnb.saes.release_ids import (
+    CLT_FIRST_FILE,
+    CLT_ID,
+    GS1_ID,
+    GS2_ID,
+    closest_l0,
+    relabelled,
+    release_ids,
+    resolve,
+    unknown_id,
 )
+from gsnb.saes.release_table import N_LAYERS, Alias, ReleaseInfo, build_aliases, build_releases
 from gsnb.saes.sae import JumpReLUSAE
-from gsnb.saes.sae_files import parse_width
 
 __all__ = ["ReleaseInfo", "list_releases", "list_sae_ids", "load_sae"]
 
 
 _RELEASES = build_releases()
 _ALIASES = build_aliases()
-_GS1_ID = re.compile(r"layer_(\d+)/width_(\d+[km]?)/(?:average_l0_(\d+)|canonical)")
-_GS2_ID = re.compile(
-    r"(resid_post|attn_out|mlp_out|transcoder)(_all)?/layer_(\d+)_width_(\d+[km]?)"
-    r"_l0_(small|medium|big)(_seed_\d+)?(_affine)?"
-)
-_CLT_ID = re.compile(r"clt/width_(\d+[km]?)_l0_(small|medium|big)(_affine)?")
-_CLT_FIRST_FILE = "params_layer_0.safetensors"
-_WEIGHT_FILES = ("params.safetensors", "params.npz", "sae_weights.safetensors", _CLT_FIRST_FILE)
+_WEIGHT_FILES = ("params.safetensors", "params.npz", "sae_weights.safetensors", CLT_FIRST_FILE)
 
 
 def list_releases() -> list[ReleaseInfo]:
@@ -112,7 +102,7 @@ def load_sae(
             sae_id = _from_alias(alias, info, sae_id)
         if sae_id.startswith("clt/"):
             return _load_clt(info, sae_id).to(device=device or default_device(), dtype=dtype)
-        spec = _resolve(info, sae_id)
+        spec = resolve(info, sae_id)
         weights = _fetch(info, f"{spec.folder}/{spec.weights}", sae_id)
         if info.format == "gemma-scope-2":
             _fetch(info, f"{spec.folder}/config.json", sae_id, optional=True)
@@ -145,7 +135,7 @@ def list_sae_ids(release: str | os.PathLike) -> list[str]:
             for p in folder.rglob(name)
         )
     info, alias = _release(str(release))
-    ids = _release_ids(info)
+    ids = release_ids(info)
     return ids if alias is None else _to_alias(alias, ids)
 
 
@@ -172,8 +162,8 @@ def _from_alias(alias: Alias, info: ReleaseInfo, sae_id: str) -> str:
     """gsnb's id for SAELens' id ``sae_id`` of ``alias`` (``layer_3_width_16k_l0_small`` ->
     ``resid_post_all/layer_3_width_16k_l0_small``); the prefix SAELens writes is optional."""
     gsnb_id = f"{alias.folder}/{sae_id.removeprefix(alias.id_prefix)}"
-    if _GS2_ID.fullmatch(gsnb_id) is None:
-        known = _to_alias(alias, _release_ids(info))
+    if GS2_ID.fullmatch(gsnb_id) is None:
+        known = _to_alias(alias, release_ids(info))
         close = difflib.get_close_matches(sae_id, known or [], n=5, cutoff=0.6)
         raise ValueError(
             f"unknown sae_id {sae_id!r} for {alias.name} (SAELens' name for {info.name}'s "
@@ -198,92 +188,12 @@ def _local_folder(release: str | os.PathLike) -> Path | None:
     return path if path.is_dir() else None
 
 
-# --- resolution ------------------------------------------------------------------------------
-
-
-class _Spec(NamedTuple):
-    """Where one released SAE lives and what it reads and writes."""
-
-    folder: str
-    weights: str
-    site_in: str
-    site_out: str
-    width: int
-    neuronpedia_id: str | None
-
-
-def _resolve(info: ReleaseInfo, sae_id: str) -> _Spec:
-    if sae_id.split("/")[0] == "crosscoder":
-        raise NotImplementedError(
-            f"{sae_id!r} is a crosscoder (one dictionary over several residual streams), which "
-            "gsnb does not load; per-layer SAEs, transcoders and clt/... ids it does"
-        )
-    if info.format == "gemma-scope":
-        return _resolve_gemma_scope(info, sae_id)
-    match = _GS2_ID.fullmatch(sae_id)
-    if match is None:
-        raise _unknown_id(info, sae_id)
-    kind, all_layers, layer, width, l0, seed, affine = match.groups()
-    layer = int(layer)
-    _check_layer(info, sae_id, layer)
-    size, variant = info.name.removeprefix("gemma-scope-2-").split("-")
-    if not all_layers and layer not in GS2_DEPTH_LAYERS[size]:
-        raise ValueError(
-            f"{info.name} has no {kind}/layer_{layer}_...: the {kind} folder holds layers "
-            f"{GS2_DEPTH_LAYERS[size]}; use {kind}_all/layer_{layer}_... for every layer"
-        )
-    np_id = None
-    suite = f"{size}-{variant}"
-    if kind == "resid_post" and not all_layers and l0 == "medium" and not (seed or affine):
-        if width in GS2_NP_RES.get(suite, "").split():
-            np_id = f"{info.neuronpedia_model}/{layer}-gemmascope-2-res-{width}"
-    elif kind == "transcoder" and all_layers and l0 == "small" and affine:
-        if width in GS2_NP_TRANSCODER.get(suite, "").split():
-            np_id = f"{info.neuronpedia_model}/{layer}-gemmascope-2-transcoder-{width}"
-    sites = _sites(info, kind, layer)
-    return _Spec(sae_id, "params.safetensors", *sites, _id_width(info, sae_id, width), np_id)
-
-
-def _resolve_gemma_scope(info: ReleaseInfo, sae_id: str) -> _Spec:
-    """A Gemma Scope id: an explicit ``average_l0_K``, or ``canonical`` from SAELens' table."""
-    if sae_id.startswith("embedding/"):
-        raise NotImplementedError(
-            f"{sae_id!r}: Gemma Scope's embedding SAEs are not supported, because which scale "
-            "of the token embeddings they were trained on is unverified. If you know it, load "
-            "the file with JumpReLUSAE.load(path, site_in='embed')"
-        )
-    match = _GS1_ID.fullmatch(sae_id)
-    if match is None:
-        raise _unknown_id(info, sae_id)
-    layer, width, l0 = int(match.group(1)), match.group(2), match.group(3)
-    _check_layer(info, sae_id, layer)
-    stem = info.repo.removeprefix("google/gemma-scope-")
-    canonical = canonical_l0s(stem, width).get(layer)
-    if l0 is None and canonical is None:
-        widths = [w for w in CANONICAL_L0.get(stem, {}) if layer in canonical_l0s(stem, w)]
-        plain = info.name.removesuffix("-canonical")
-        raise ValueError(
-            f"{info.name} has no canonical SAE {sae_id!r}: SAELens and Neuronpedia have canonical "
-            f"SAEs at layer {layer} for width {', '.join(widths) or 'none'} only, and gsnb "
-            f"invents none. Pick one of those, or an explicit L0 (list_sae_ids({plain!r}) lists "
-            f"the layer_{layer}/width_{width}/average_l0_* files the repo has)"
-        )
-    l0 = canonical if l0 is None else int(l0)
-    kind, np_id = info.kinds[0], None
-    if l0 == canonical:
-        np_set = "transcoder" if kind == "transcoder" else info.repo.rsplit("-", 1)[1]
-        np_id = f"{info.neuronpedia_model}/{layer}-gemmascope-{np_set}-{width}"
-    folder = f"layer_{layer}/width_{width}/average_l0_{l0}"
-    sites = _sites(info, kind, layer)
-    return _Spec(folder, "params.npz", *sites, _id_width(info, sae_id, width), np_id)
-
-
 def _load_clt(info: ReleaseInfo, sae_id: str) -> CrossLayerTranscoder:
     """A Gemma Scope 2 cross-layer transcoder: one file per layer of the model."""
-    if info.format != "gemma-scope-2" or _CLT_ID.fullmatch(sae_id) is None:
-        raise _unknown_id(info, sae_id)
+    if info.format != "gemma-scope-2" or CLT_ID.fullmatch(sae_id) is None:
+        raise unknown_id(info, sae_id)
     n_layers = N_LAYERS[info.neuronpedia_model.removesuffix("-it")]
-    first = _fetch(info, f"{sae_id}/{_CLT_FIRST_FILE}", sae_id)
+    first = _fetch(info, f"{sae_id}/{CLT_FIRST_FILE}", sae_id)
     for layer in range(1, n_layers):
         _fetch(info, f"{sae_id}/params_layer_{layer}.safetensors", sae_id)
     _fetch(info, f"{sae_id}/config.json", sae_id, optional=True)
@@ -297,91 +207,6 @@ def _load_clt(info: ReleaseInfo, sae_id: str) -> CrossLayerTranscoder:
             "download it again"
         )
     return clt
-
-
-def _sites(info: ReleaseInfo, kind: str, layer: int) -> tuple[str, str]:
-    if kind == "transcoder":
-        return transcoder_sites(layer, reads=info.transcoder_input)
-    return f"{kind}.{layer}", f"{kind}.{layer}"
-
-
-def _id_width(info: ReleaseInfo, sae_id: str, label: str) -> int:
-    try:
-        return parse_width(label)
-    except ValueError:
-        raise _unknown_id(info, sae_id) from None
-
-
-def _check_layer(info: ReleaseInfo, sae_id: str, layer: int) -> None:
-    n_layers = N_LAYERS[info.neuronpedia_model.removesuffix("-it")]
-    if layer >= n_layers:
-        raise ValueError(
-            f"{sae_id!r}: {info.model_name} has layers 0..{n_layers - 1}, not {layer}; "
-            f"ids look like {info.id_pattern!r}"
-        )
-
-
-def _closest_l0(layer: int, width: str, ids: list[str]) -> int | None:
-    """For a local folder in Gemma Scope's layout: the average L0 closest to 100 among ``ids``
-    at this layer and width (lower on ties)."""
-    pattern = re.compile(rf"layer_{layer}/width_{width}/average_l0_(\d+)")
-    l0s = [int(m.group(1)) for i in ids if (m := pattern.fullmatch(i))]
-    return min(l0s, key=lambda k: (abs(k - 100), k)) if l0s else None
-
-
-def _repo_ids(info: ReleaseInfo, files: list[str] | None = None) -> list[str]:
-    """SAE ids present in a repo (explicit L0s for Gemma Scope), from its file listing."""
-    files = repo_files(info.repo) if files is None else files
-    gs1 = info.format == "gemma-scope"
-    weights, pattern = ("params.npz", _GS1_ID) if gs1 else ("params.safetensors", _GS2_ID)
-    folders = [f.rsplit("/", 1)[0] for f in files if f.endswith("/" + weights)]
-    clts = [] if gs1 else [f.rsplit("/", 1)[0] for f in files if f.endswith("/" + _CLT_FIRST_FILE)]
-    return sorted(
-        [i for i in folders if pattern.fullmatch(i)] + [i for i in clts if _CLT_ID.fullmatch(i)]
-    )
-
-
-def _release_ids(info: ReleaseInfo, files: list[str] | None = None) -> list[str]:
-    """A release's ids: SAELens' canonical table for ``-canonical`` releases, else the ids in
-    the repo's file listing (``files``, or listed now)."""
-    if info.name.endswith("-canonical"):
-        return _canonical_ids(info)
-    return _repo_ids(info, files)
-
-
-def _canonical_ids(info: ReleaseInfo) -> list[str]:
-    """Every canonical id of a Gemma Scope suite, from SAELens' table."""
-    stem = info.repo.removeprefix("google/gemma-scope-")
-    return sorted(
-        f"layer_{layer}/width_{width}/canonical"
-        for width in CANONICAL_L0.get(stem, {})
-        for layer in canonical_l0s(stem, width)
-    )
-
-
-def _unknown_id(info: ReleaseInfo, sae_id: str) -> ValueError:
-    known = _release_ids(info)
-    close = difflib.get_close_matches(sae_id, known or _example_ids(info, sae_id), n=5, cutoff=0.6)
-    return ValueError(
-        f"unknown sae_id {sae_id!r} for {info.name}."
-        + (f" Close matches: {', '.join(close)}." if close else "")
-        + f" Ids look like {info.id_pattern!r}; list_sae_ids({info.name!r}) lists them."
-    )
-
-
-def _example_ids(info: ReleaseInfo, sae_id: str) -> list[str]:
-    """Ids that follow the naming pattern, for suggestions when no file listing is at hand."""
-    layers = [int(x) for x in re.findall(r"layer_(\d+)", sae_id)[:1]]
-    layers = layers or range(N_LAYERS[info.neuronpedia_model.removesuffix("-it")])
-    if info.format == "gemma-scope":
-        return [i for i in _canonical_ids(info) if int(i.split("/")[0][6:]) in layers]
-    depth = GS2_DEPTH_LAYERS[info.name.split("-")[3]]
-    ids = [f"{k}_all/layer_{n}_width_{w}_l0_{l0}" for k in GS2_KINDS for n in layers
-           for w in ("16k", "262k") for l0 in ("small", "big")]  # fmt: skip
-    ids += [f"{k}/layer_{n}_width_{w}_l0_{l0}" for k in GS2_KINDS for n in layers if n in depth
-            for w in ("16k", "65k", "262k") for l0 in ("small", "medium", "big")]  # fmt: skip
-    clts = [f"clt/width_{w}_l0_{l0}" for w in ("262k", "524k") for l0 in ("medium", "big")]
-    return ids + [i + "_affine" for i in ids + clts if i.startswith(("transcoder", "clt"))] + clts
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -402,7 +227,7 @@ def _fetch(info: ReleaseInfo, filename: str, sae_id: str, optional: bool = False
     except LocalEntryNotFoundError as err:
         if optional:
             return None
-        cached = _release_ids(info, cached_files(info.repo))
+        cached = release_ids(info, cached_files(info.repo))
         close = difflib.get_close_matches(sae_id, cached, n=5, cutoff=0.6)
         why = "HF_HUB_OFFLINE is set" if offline() else "the Hub could not be reached"
         raise FileNotFoundError(
@@ -414,7 +239,7 @@ def _fetch(info: ReleaseInfo, filename: str, sae_id: str, optional: bool = False
     except EntryNotFoundError as err:
         if optional:
             return None
-        raise _unknown_id(info, sae_id) from err
+        raise unknown_id(info, sae_id) from err
     except RepositoryNotFoundError as err:
         raise OSError(
             f"could not open {info.repo} on the Hub: if it is gated, accept its licence on "
@@ -425,11 +250,20 @@ def _fetch(info: ReleaseInfo, filename: str, sae_id: str, optional: bool = False
 def _load_local(root: Path, sae_id: str) -> JumpReLUSAE | CrossLayerTranscoder:
     ids = list_sae_ids(root)
     folder = sae_id
-    match = _GS1_ID.fullmatch(sae_id)
+    match = GS1_ID.fullmatch(sae_id)
     if match and match.group(3) is None:  # a canonical id over a Gemma Scope layout
         layer, width = int(match.group(1)), match.group(2)
-        l0 = _closest_l0(layer, width, ids)
+        l0 = closest_l0(layer, width, ids)
         folder = f"layer_{layer}/width_{width}/average_l0_{l0}"
+    if folder not in ids and (other := relabelled(sae_id, ids)) is not None:
+        # The L0 label is the part of an id people guess: suites gsnb trains are labelled by
+        # the L0 they reached, which a notebook written before training cannot know.
+        warnings.warn(
+            f"{root} has no {sae_id!r}; loading {other!r}, its one SAE of that kind, layer and "
+            f"width (its label is the L0 it reached). Ask for {other!r} to silence this",
+            stacklevel=3,
+        )
+        folder = sae_id = other
     if folder not in ids:
         close = difflib.get_close_matches(sae_id, ids, n=5, cutoff=0.6)
         raise ValueError(
@@ -437,6 +271,6 @@ def _load_local(root: Path, sae_id: str) -> JumpReLUSAE | CrossLayerTranscoder:
             + (f" Close matches: {', '.join(close)}." if close else "")
             + f" It holds {len(ids)} SAE folders; list_sae_ids({str(root)!r}) lists them."
         )
-    if (root / folder / _CLT_FIRST_FILE).is_file():
+    if (root / folder / CLT_FIRST_FILE).is_file():
         return CrossLayerTranscoder.load(root / folder, release=str(root), sae_id=sae_id)
     return JumpReLUSAE.load(root / folder, release=str(root), sae_id=sae_id)

@@ -11,15 +11,8 @@ from pathlib import Path
 
 from gsnb.core.files import atomic_write
 from gsnb.saes.sae import JumpReLUSAE
-from gsnb.saes.train import (
-    _GS2_FOLDERS,
-    StepMetrics,
-    SuiteResult,
-    TrainConfig,
-    config_identity,
-    suite_id,
-    train_suite,
-)
+from gsnb.saes.suite_names import SUITE_KINDS
+from gsnb.saes.train import StepMetrics, SuiteResult, TrainConfig, config_identity, train_suite
 
 
 def small_suite(
@@ -34,11 +27,13 @@ def small_suite(
 
     ``kinds`` are among ``resid_post``, ``attn_out``, ``mlp_out`` and ``transcoder``; ``layers``
     is ``"all"``, an int or ints. The default ``cfg`` (4,096 features, 2^18 tokens in batches of
-    1,024, encoder biases started so ~100 features fire, which keeps every step sparse) ends near
-    L0 10-20 ("small") and takes minutes per layer on a laptop CPU, seconds on a GPU.
+    1,024, encoder biases started so ~100 features fire, which keeps every step sparse) takes
+    minutes per layer on a laptop CPU, seconds on a GPU.
     The suite lives in ``gsnb.core.model.cache_root()/suites/<hash>``, the hash covering the model
     name, the targets, the :class:`TrainConfig` and the data; each SAE is saved there in Gemma
-    Scope 2's layout (see :func:`suite_id`), so ``gsnb.load_sae(folder, id)`` reads it too.
+    Scope 2's layout, labelled by the L0 it reached (``..._l0_small`` only if it is small, see
+    :mod:`gsnb.saes.suite_names`), so ``gsnb.load_sae(folder, id)`` reads it too and
+    ``gsnb.list_sae_ids(folder)`` lists the ids.
 
     >>> suite = gsnb.small_suite(kinds=("resid_post", "transcoder"), layers=[3, 6])
     >>> suite.saes["transcoder.6"]
@@ -50,9 +45,9 @@ def small_suite(
         d_sae=4096, l0_coefficient=1e-3, lr=2e-4, init_l0=100, batch_size=1024, n_tokens=2**18
     )
     cfg = dataclasses.replace(cfg, progress=progress, checkpoint_dir=None)
-    bad = set(kinds) - set(_GS2_FOLDERS)
+    bad = set(kinds) - set(SUITE_KINDS)
     if bad:
-        raise ValueError(f"kinds {sorted(bad)}: small suites hold {', '.join(_GS2_FOLDERS)}")
+        raise ValueError(f"kinds {sorted(bad)}: small suites hold {', '.join(SUITE_KINDS)}")
     targets = [
         site.replace("mlp_out", "transcoder") if kind == "transcoder" else site
         for kind in kinds
@@ -66,10 +61,9 @@ def small_suite(
     }
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root() / "suites" / digest
-    label = _l0_label(cfg.target_l0)
-    ids = {name: suite_id(name, cfg.d_sae, label) for name in targets}
     if (folder / "suite.json").is_file():
-        history = json.loads((folder / "suite.json").read_text())["history"]
+        saved = json.loads((folder / "suite.json").read_text())
+        ids, history = saved["ids"], saved["history"]
         return SuiteResult(
             saes={name: JumpReLUSAE.load(folder / sae_id) for name, sae_id in ids.items()},
             history={name: [StepMetrics(*row) for row in history[name]] for name in ids},
@@ -82,15 +76,9 @@ def small_suite(
         cfg, checkpoint_dir=str(folder / "checkpoints"), checkpoint_every=100
     )
     result = train_suite(model, targets, ckpt)
-    result.save(folder, label)
+    ids = result.ids()  # labelled by the L0 each SAE reached
+    result.save(folder)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     body = {"spec": spec, "ids": ids, "history": result.history}
     atomic_write(folder / "suite.json", lambda p: Path(p).write_text(json.dumps(body)))
     return result._replace(folder=folder)
-
-
-def _l0_label(target_l0: float | None) -> str:
-    """Gemma Scope 2's L0 label for a target (small 10-20, medium 30-60, big 90-150)."""
-    if target_l0 is None or target_l0 <= 25:
-        return "small"
-    return "medium" if target_l0 <= 75 else "big"
