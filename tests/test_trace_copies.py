@@ -7,7 +7,7 @@ import copy
 
 import torch
 from test_circuits import PROMPT, random_transcoders
-from tiny import tiny_hf, tiny_tokenizer
+from tiny import tiny_hf, tiny_model, tiny_tokenizer
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gsnb.circuits.tracing import trace
@@ -95,3 +95,14 @@ def test_tracing_a_bfloat16_model_never_copies_its_embedding_or_mlps():
     expected = reference.adjacency[ref_nodes][:, ref_nodes]
     assert float((edges - expected).norm() / expected.norm()) < 0.02
     assert float((edges - expected).abs().max()) < 0.03 * float(expected.abs().max())
+
+
+def test_per_layer_transcoders_off_float32_trace_on_a_copy_and_stay_as_they_were():
+    model = tiny_model("gemma3")
+    transcoders = random_transcoders(model)
+    wide = [copy.deepcopy(tc).double() for tc in transcoders]
+    graph = trace(model, transcoders, PROMPT, progress=False)
+    again = trace(model, wide, PROMPT, progress=False)
+    assert all(tc.W_enc.dtype == tc.W_dec.dtype == torch.float64 for tc in wide)
+    assert again.context.replacement.stack.transcoders[0].W_enc.dtype == torch.float32
+    torch.testing.assert_close(again.adjacency, graph.adjacency, rtol=1e-4, atol=1e-5)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from gsnb.circuits.edges import ActiveFeatures, EdgeRows, active_features
+from gsnb.circuits.edges import EdgeRows, active_features
 from gsnb.circuits.graph import Graph
 from gsnb.circuits.interventions import InterventionResult, TraceContext, intervene
 from gsnb.circuits.pruning import normalize
@@ -102,14 +102,18 @@ def trace(
     tokens = prompt if isinstance(prompt, torch.Tensor) else model.to_tokens(prompt)[0]
     tokens = tokens.reshape(-1).cpu()
     rm = prepare(model, stack, tokens)
-    active = active_features(rm.frozen)
+    rows = EdgeRows(rm, active_features(rm.frozen))
     outputs = salient_outputs(model, rm, target, max_logits, logit_prob)
-    rows = EdgeRows(rm, active)
     logit_rows = rows.of_outputs(outputs.directions)
     visited = visit_features(
-        rows, logit_rows, outputs.weights, max_feature_nodes, batch_size, progress
+        rows,
+        logit_rows,
+        outputs.weights,
+        budget=max_feature_nodes,
+        batch_size=batch_size,
+        progress=progress,
     )
-    graph = assemble_graph(model, stack, rm.frozen, active, outputs, logit_rows, visited)
+    graph = assemble_graph(model, stack, rows, outputs, logit_rows, visited)
     graph.context = TraceContext(model, stack, rm, outputs.directions)
     return graph
 
@@ -148,19 +152,20 @@ def visit_features(
     rows: EdgeRows,
     logit_rows: torch.Tensor,
     logit_weights: torch.Tensor,
-    max_feature_nodes: int,
+    *,
+    budget: int,
     batch_size: int,
-    progress: bool,
+    progress: bool = False,
 ) -> Visited:
     """Phase 5: compute features' rows ``batch_size`` at a time, in order of estimated influence
     on the outputs (``logit_rows [n_outputs, n_sources]`` weighted by ``logit_weights
-    [n_outputs]``), recomputed as rows arrive, until ``max_feature_nodes`` are done. Only visited
+    [n_outputs]``), recomputed as rows arrive, until ``budget`` features are done. Only visited
     rows are kept, so memory grows with the budget, not with the active features."""
     n_feat = rows.n_features
     order: list[torch.Tensor] = []
     done: list[torch.Tensor] = []
     visited = torch.zeros(n_feat, dtype=torch.bool)
-    budget = min(max_feature_nodes, n_feat)
+    budget = min(budget, n_feat)
     bar = tqdm(total=budget, desc="attribution", disable=not progress, unit="feature")
     while int(visited.sum()) < budget:
         influence = _feature_influence(logit_rows, order, done, logit_weights, n_feat)
@@ -203,15 +208,16 @@ def _feature_influence(
 def assemble_graph(
     model,
     stack: Stack,
-    frozen: FrozenPrompt,
-    active: ActiveFeatures,
+    rows: EdgeRows,
     outputs: OutputTargets,
     logit_rows: torch.Tensor,
     visited: Visited,
 ) -> Graph:
     """Phase 6: the :class:`gsnb.Graph` over the visited features (in node order), the error
-    nodes, the tokens and the outputs, with their rows of direct effects."""
-    n_feat, n_sources = len(active), logit_rows.shape[1]
+    nodes, the tokens and the outputs (``logit_rows [n_outputs, n_sources]``), with their rows
+    of direct effects."""
+    frozen, active = rows.rm.frozen, rows.active
+    n_feat, n_sources = len(active), rows.n_sources
     keep = visited.order.sort().values
     feature_rows = visited.rows[visited.order.argsort()]
     keep_sources = torch.cat([keep, torch.arange(n_feat, n_sources)])
