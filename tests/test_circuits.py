@@ -12,6 +12,7 @@ from tiny import tiny_model
 
 import gsnb
 from gsnb.circuits.graph import Graph
+from gsnb.circuits.graph_json import FEATURE_TYPES, node_id
 from gsnb.circuits.tracing import ReplacementModel, freeze_prompt, trace
 from gsnb.saes.clt import CLTConfig, CrossLayerTranscoder
 from gsnb.saes.sae import JumpReLUSAE, SAEConfig
@@ -253,6 +254,30 @@ def test_pruning_keeps_logits_and_the_stated_share_of_influence(traced):
     assert influence[~node_mask].max() <= influence[node_mask & (influence > 0)].min()
     with pytest.raises(ValueError, match=r"node_threshold=1.5 must be in \(0, 1\]"):
         graph.prune(node_threshold=1.5)
+
+
+def test_pruning_drops_error_nodes_left_without_edges_as_circuit_tracer_does(traced, tmp_path):
+    _, _, graph = traced
+    pruned = graph.prune()
+    errors = pruned.slices()["error"]
+    assert 0 < pruned.n_errors < graph.n_errors
+    # Every error node left writes into the pruned graph.
+    assert (pruned.adjacency[:, errors] != 0).any(0).all()
+    # The same error nodes as the graph file, which lists only nodes with a link.
+    data = json.loads(graph.to_json(tmp_path / "graph.json").read_text())
+    in_file = {n["node_id"] for n in data["nodes"] if n["feature_type"] == FEATURE_TYPES["error"]}
+    assert {node_id(pruned, i) for i in range(errors.start, errors.stop)} == in_file
+    # Each keeps its (layer, pos) and its edges.
+    original = {node_id(graph, i): i for i in range(graph.n_nodes)}
+    for i in range(errors.start, errors.stop):
+        source = original[node_id(pruned, i)]
+        assert graph.node_layer_pos(source) == pruned.node_layer_pos(i)
+        for target in (pruned.adjacency[:, i] != 0).nonzero().flatten().tolist():
+            edge = graph.adjacency[original[node_id(pruned, target)], source]
+            assert pruned.adjacency[target, i] == edge
+    loaded = Graph.load(pruned.save(tmp_path / "pruned"))
+    assert torch.equal(loaded.errors, pruned.errors)
+    assert loaded.scores() == pruned.scores()
 
 
 def test_scores_are_one_without_error_and_drop_with_it():

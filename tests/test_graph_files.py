@@ -170,6 +170,8 @@ def test_a_written_graph_reads_back_with_its_nodes_links_and_labels(traced, tmp_
 
     features = [n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"]
     assert loaded.n_features == len(features) > 10
+    errors = [n for n in data["nodes"] if n["feature_type"] == "mlp reconstruction error"]
+    assert loaded.n_errors == len(errors) == graph.prune().n_errors
     assert loaded.n_layers == graph.n_layers and loaded.str_tokens == graph.str_tokens
     assert torch.equal(loaded.prompt_tokens, graph.prompt_tokens)
     assert torch.equal(loaded.logit_tokens, graph.logit_tokens)

@@ -1,12 +1,13 @@
 """Graph: an attribution graph as data — nodes, adjacency, pruning, scores, files.
 
-Nodes come in a fixed order: active features ``(layer, pos, feature)``, error nodes (one per layer
-and position), token embeddings (one per position), output logits. ``adjacency[t, s]`` is the
-direct effect of source ``s`` on target ``t``.
+Nodes come in a fixed order: active features ``(layer, pos, feature)``, error nodes
+``(layer, pos)`` (one per layer and position in a traced graph; pruning drops those left without
+an edge), token embeddings (one per position), output logits. ``adjacency[t, s]`` is the direct
+effect of source ``s`` on target ``t``. Influence, pruning and scores are computed by
+:mod:`gsnb.circuits.pruning`; circuit-tracer's graph files by :mod:`gsnb.circuits.graph_files`.
 
-Influence (as in "Circuit Tracing", 2025): with ``A`` the adjacency with absolute values and each
-row normalised to sum 1, a node's influence on the output is ``w (A + A^2 + ...)`` where ``w``
-holds the logits' probabilities.
+A traced graph carries, in memory only, the ``context`` it was traced in (the model, the
+transcoders and the replacement model); :meth:`Graph.intervene` asks it to run interventions.
 """
 
 from __future__ import annotations
@@ -15,15 +16,20 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from gsnb.circuits import pruning
+from gsnb.circuits.graph_files import read_graph_json, write_graph_json
+from gsnb.circuits.pruning import NodeCounts, Scores
 from gsnb.core.files import atomic_write
 
 _TENSORS = (
     "prompt_tokens",
     "features",
+    "errors",
     "activations",
     "logit_tokens",
     "logit_probabilities",
@@ -31,14 +37,11 @@ _TENSORS = (
 )
 
 
-@dataclass
-class Scores:
-    """How much of the graph's story runs through interpretable nodes."""
+class Intervenes(Protocol):
+    """What a graph's ``context`` does: run interventions on the model it was traced with (see
+    :class:`gsnb.circuits.interventions.TraceContext`)."""
 
-    replacement: float
-    """Share of end-to-end influence on the logits from tokens rather than error nodes."""
-    completeness: float
-    """Influence-weighted share of each node's input that comes from non-error nodes."""
+    def intervene(self, graph: Graph, interventions, freeze_attention: bool, mode: str): ...
 
 
 @dataclass
@@ -74,8 +77,23 @@ class Graph:
     file_metadata: dict = field(default_factory=dict)
     """The ``metadata`` of the graph file this graph was read from (slug, scan, thresholds);
     empty for a traced graph."""
-    context: object = field(default=None, repr=False, compare=False)
+    errors: torch.Tensor | None = None
+    """``[n_errors, 2]`` rows of ``(layer, pos)`` of the error nodes; ``None`` (a traced graph)
+    means every layer and position, layer-major."""
+    context: Intervenes | None = field(default=None, repr=False, compare=False)
     """The model and transcoders it was traced with (kept in memory only, for interventions)."""
+
+    def __post_init__(self):
+        if self.errors is None:
+            layers = torch.arange(self.n_layers).repeat_interleave(len(self.prompt_tokens))
+            positions = torch.arange(len(self.prompt_tokens)).repeat(self.n_layers)
+            self.errors = torch.stack([layers, positions], dim=1)
+        self.errors = self.errors.long().reshape(-1, 2)
+        if self.adjacency.shape != (self.n_nodes, self.n_nodes):
+            raise ValueError(
+                f"adjacency has shape {tuple(self.adjacency.shape)} but the graph has "
+                f"{self.n_nodes} nodes ({self.counts()}): give one row and column per node"
+            )
 
     # --- node bookkeeping -----------------------------------------------------------------
 
@@ -89,7 +107,7 @@ class Graph:
 
     @property
     def n_errors(self) -> int:
-        return self.n_layers * self.n_pos
+        return len(self.errors)
 
     @property
     def n_logits(self) -> int:
@@ -99,17 +117,13 @@ class Graph:
     def n_nodes(self) -> int:
         return self.n_features + self.n_errors + self.n_pos + self.n_logits
 
+    def counts(self) -> NodeCounts:
+        """How many nodes of each kind."""
+        return NodeCounts(self.n_features, self.n_errors, self.n_pos, self.n_logits)
+
     def slices(self) -> dict[str, slice]:
         """Where each node kind sits in the node order."""
-        a = self.n_features
-        b = a + self.n_errors
-        c = b + self.n_pos
-        return {
-            "feature": slice(0, a),
-            "error": slice(a, b),
-            "token": slice(b, c),
-            "logit": slice(c, self.n_nodes),
-        }
+        return self.counts().slices()
 
     def node_kind(self, index: int) -> str:
         for kind, where in self.slices().items():
@@ -124,8 +138,8 @@ class Graph:
             layer, pos, _ = self.features[index].tolist()
             return layer, pos
         if kind == "error":
-            offset = index - where["error"].start
-            return offset // self.n_pos, offset % self.n_pos
+            layer, pos = self.errors[index - where["error"].start].tolist()
+            return layer, pos
         if kind == "token":
             return -1, index - where["token"].start
         return self.n_layers, self.n_pos - 1
@@ -161,52 +175,55 @@ class Graph:
     # --- influence, pruning, scores --------------------------------------------------------
 
     def logit_weights(self) -> torch.Tensor:
+        """``[n_nodes]`` the logits' probabilities at the logit nodes, zero elsewhere."""
         weights = torch.zeros(self.n_nodes)
         weights[self.slices()["logit"]] = self.logit_probabilities.float()
         return weights
 
     def influence(self, adjacency: torch.Tensor | None = None) -> torch.Tensor:
         """``[n_nodes]`` each node's total influence on the logits through the graph."""
-        normalized = _normalize(self.adjacency if adjacency is None else adjacency)
-        return _influence(normalized, self.logit_weights())
+        normalized = pruning.normalize(self.adjacency if adjacency is None else adjacency)
+        return pruning.influence(normalized, self.logit_weights())
 
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Graph:
         """Keep the nodes covering ``node_threshold`` of the influence on the logits, then the
         edges covering ``edge_threshold`` of edge influence; drop features and errors left without
-        an outgoing edge and features without an incoming one. Tokens and logits always stay."""
+        an outgoing edge and features without an incoming one, as circuit-tracer's
+        ``prune_graph`` does. Tokens and logits always stay."""
         node_mask, edge_mask = self.prune_masks(node_threshold, edge_threshold)
-        keep = node_mask[self.slices()["feature"]].nonzero().flatten()
-        return self.subgraph(keep, self.adjacency * edge_mask)
+        where = self.slices()
+        keep = node_mask[where["feature"]].nonzero().flatten()
+        keep_errors = where["error"].start + node_mask[where["error"]].nonzero().flatten()
+        return self.subgraph(keep, self.adjacency * edge_mask, error_nodes=keep_errors)
 
     def prune_masks(
         self, node_threshold: float = 0.8, edge_threshold: float = 0.98
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(node_mask [n_nodes], edge_mask [n_nodes, n_nodes])`` of :meth:`prune`."""
-        for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
-            if not 0 < value <= 1:
-                raise ValueError(f"{name}={value} must be in (0, 1]")
-        where, weights = self.slices(), self.logit_weights()
-        influence = self.influence()
-        node_mask = influence >= _threshold_for_share(influence, node_threshold)
-        node_mask[where["token"].start :] = True
-        pruned = self.adjacency * node_mask[:, None] * node_mask[None, :]
-        normalized = _normalize(pruned)
-        edge_scores = normalized * (_influence(normalized, weights) + weights)[:, None]
-        edge_mask = edge_scores >= _threshold_for_share(edge_scores.flatten(), edge_threshold)
-        inner = slice(0, where["token"].start)  # features and errors
-        while True:
-            before = node_mask.clone()
-            edge_mask &= node_mask[:, None] & node_mask[None, :]
-            node_mask[inner] &= edge_mask[:, inner].any(0)
-            node_mask[where["feature"]] &= edge_mask[where["feature"]].any(1)
-            if torch.equal(before, node_mask):
-                return node_mask, edge_mask
+        return pruning.prune_masks(
+            self.adjacency, self.logit_weights(), self.counts(), node_threshold, edge_threshold
+        )
 
-    def subgraph(self, feature_nodes: torch.Tensor, adjacency: torch.Tensor | None = None) -> Graph:
-        """The graph restricted to the given feature nodes (errors, tokens, logits all kept)."""
+    def subgraph(
+        self,
+        feature_nodes: torch.Tensor,
+        adjacency: torch.Tensor | None = None,
+        error_nodes: torch.Tensor | None = None,
+    ) -> Graph:
+        """The graph restricted to the given feature nodes and error nodes (node indices; all
+        errors when ``error_nodes`` is None); tokens and logits are all kept. ``adjacency``
+        (``[n_nodes, n_nodes]`` of this graph, default its own) gives the edges."""
         adjacency = self.adjacency if adjacency is None else adjacency
-        rest = torch.arange(self.n_features, self.n_nodes)
-        index = torch.cat([feature_nodes.long(), rest])
+        where = self.slices()
+        if error_nodes is None:
+            error_nodes = torch.arange(where["error"].start, where["error"].stop)
+        index = torch.cat(
+            [
+                feature_nodes.long(),
+                error_nodes.long(),
+                torch.arange(where["token"].start, self.n_nodes),
+            ]
+        )
         remap = {int(old): new for new, old in enumerate(feature_nodes.tolist())}
         supernodes = {
             label: [remap[i] for i in nodes if i in remap]
@@ -230,30 +247,18 @@ class Graph:
             labels=labels,
             neuronpedia_ids=self.neuronpedia_ids,
             file_metadata=self.file_metadata,
+            errors=self.errors[error_nodes.long() - where["error"].start],
             context=self.context,
         )
 
     def scores(self) -> Scores:
         """Replacement and completeness scores (both 1 when every error node is zero)."""
-        where = self.slices()
-        normalized = _normalize(self.adjacency)
-        weights = self.logit_weights()
-        influence = _influence(normalized, weights)
-        token_influence = float(influence[where["token"]].sum())
-        error_influence = float(influence[where["error"]].sum())
-        replacement = token_influence / max(token_influence + error_influence, 1e-30)
-        non_error = 1.0 - normalized[:, where["error"]].sum(1)
-        has_inputs = normalized.sum(1) > 0
-        output_influence = (influence + weights) * has_inputs
-        completeness = float(
-            (non_error * output_influence).sum() / output_influence.sum().clamp_min(1e-30)
-        )
-        return Scores(replacement=replacement, completeness=completeness)
+        return pruning.scores(self.adjacency, self.logit_weights(), self.counts())
 
     def top_paths(self, k: int = 5, max_length: int = 12) -> list[tuple[float, list[int]]]:
         """The ``k`` strongest paths from a token into the top logit, greedily following the
         highest-influence input of each node: ``[(score, [node, ..., logit node])]``."""
-        normalized = _normalize(self.adjacency)
+        normalized = pruning.normalize(self.adjacency)
         start = self.slices()["logit"].start
         paths: list[tuple[float, list[int]]] = []
         frontier = [(1.0, [start])]
@@ -272,10 +277,12 @@ class Graph:
     def intervene(self, interventions, freeze_attention: bool = True, mode: str = "scale"):
         """Scale features ``[(layer, pos, feature, factor), ...]``, or with ``mode="set"`` set
         them to values, as circuit-tracer does; returns the measured and the predicted change
-        of the output nodes (see :func:`gsnb.circuits.tracing.intervene`)."""
-        from gsnb.circuits.tracing import intervene
-
-        return intervene(self, interventions, freeze_attention, mode)
+        of the output nodes (see :meth:`gsnb.circuits.interventions.TraceContext.intervene`)."""
+        if self.context is None:
+            raise ValueError(
+                "this graph has no model attached (it was loaded from disk): trace it again"
+            )
+        return self.context.intervene(self, interventions, freeze_attention, mode)
 
     # --- supernodes -----------------------------------------------------------------------------
 
@@ -316,6 +323,8 @@ class Graph:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Graph:
+        """The graph :meth:`save` wrote into the folder ``path`` (files written before graphs
+        had an ``errors`` table hold every error node)."""
         folder = Path(path)
         if not (folder / "graph.safetensors").exists():
             raise FileNotFoundError(
@@ -332,8 +341,6 @@ class Graph:
         """Write the pruned graph to the one file ``path`` in circuit-tracer's JSON schema
         (``metadata``, ``qParams``, ``nodes``, ``links``); :meth:`to_graph_files` also writes
         the index a server reads, and takes labels and thresholds."""
-        from gsnb.circuits.graph_files import write_graph_json
-
         return write_graph_json(self, path, slug, scan, index=False)
 
     def to_graph_files(
@@ -363,8 +370,6 @@ class Graph:
             stats: FeatureStats of the transcoders (one, a list or a dict): each feature's
                 ``clerp`` then lists the tokens it fires on and promotes.
         """
-        from gsnb.circuits.graph_files import write_graph_json
-
         path = Path(out_dir) / f"{slug}.json"
         return write_graph_json(
             self, path, slug, scan, node_threshold, edge_threshold, labels, stats, index=True
@@ -378,33 +383,4 @@ class Graph:
 
         >>> gsnb.GraphView(gsnb.Graph.from_json("graphs/eiffel-tower.json"))
         """
-        from gsnb.circuits.graph_files import read_graph_json
-
-        return read_graph_json(path)
-
-
-def _normalize(adjacency: torch.Tensor) -> torch.Tensor:
-    absolute = adjacency.abs()
-    return absolute / absolute.sum(1, keepdim=True).clamp_min(1e-10)
-
-
-def _influence(
-    normalized: torch.Tensor, weights: torch.Tensor, max_iter: int = 1000
-) -> torch.Tensor:
-    """``weights (A + A^2 + ...)``; the graph is acyclic, so the series ends."""
-    current = weights @ normalized
-    total = current.clone()
-    for _ in range(max_iter):
-        current = current @ normalized
-        if not current.any():
-            return total
-        total += current
-    raise RuntimeError("influence did not converge: the adjacency has a cycle")
-
-
-def _threshold_for_share(scores: torch.Tensor, share: float) -> torch.Tensor:
-    """The score above which the highest scores first reach ``share`` of the total."""
-    ordered = scores.sort(descending=True).values
-    cumulative = ordered.cumsum(0) / ordered.sum().clamp_min(1e-30)
-    index = min(int(torch.searchsorted(cumulative, torch.tensor(share))), len(ordered) - 1)
-    return ordered[index]
+        return cls(**read_graph_json(path))

@@ -1,6 +1,7 @@
 """Graph files a server opens: ``{slug}.json`` plus the ``graph-metadata.json`` index beside it,
 laid out as circuit-tracer's ``create_graph_files`` writes them (its ``start-server`` and
-Neuronpedia's uploader read both), and graph JSON files read back as :class:`gsnb.Graph`.
+Neuronpedia's uploader read both), and graph JSON files read back as the fields of a
+:class:`gsnb.Graph` (its methods call these functions; this module never imports the class).
 
 The index is ``{"graphs": [metadata, ...]}``, one entry per slug: writing a slug again replaces
 its entry (moved to the end), other entries stay as they are. Every file is replaced atomically.
@@ -19,24 +20,21 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gsnb.circuits.graph_json import graph_from_json, graph_to_json
 from gsnb.circuits.graph_labels import feature_labels
 from gsnb.core.files import atomic_write
 
-if TYPE_CHECKING:
-    from gsnb.circuits.graph import Graph
-
 INDEX = "graph-metadata.json"
 _NEURONPEDIA_ID = re.compile(r"([^/]+)/(\d+)-(.+)")
 
 
-def scan_metadata(graph: Graph, scan: str | list[str] | None = None) -> dict:
+def scan_metadata(graph, scan: str | list[str] | None = None) -> dict:
     """The ``scan`` and ``transcoder_list`` of ``graph``'s metadata (and Neuronpedia's
     ``feature_details`` when known); see the module docstring.
 
     Args:
+        graph: a :class:`gsnb.Graph`.
         scan: a scan name; a list of transcoder ids (a ``custom-`` scan, as circuit-tracer
             does); or ``None`` to derive it from the graph.
     """
@@ -81,7 +79,7 @@ def _check_slug(slug: str) -> None:
 
 
 def write_graph_json(
-    graph: Graph,
+    graph,
     path: str | os.PathLike,
     slug: str,
     scan: str | list[str] | None = None,
@@ -91,8 +89,8 @@ def write_graph_json(
     stats=None,
     index: bool = True,
 ) -> Path:
-    """Write ``graph`` pruned at the thresholds to ``path`` in circuit-tracer's schema, with
-    feature labels from ``labels`` and ``stats`` in ``clerp`` (see
+    """Write ``graph`` (a :class:`gsnb.Graph`) pruned at the thresholds to ``path`` in
+    circuit-tracer's schema, with feature labels from ``labels`` and ``stats`` in ``clerp`` (see
     :func:`gsnb.circuits.graph_labels.feature_labels`), and with ``index`` add it to the
     ``graph-metadata.json`` beside it. Both files are replaced atomically; returns ``path``."""
     _check_slug(slug)
@@ -125,9 +123,9 @@ def add_to_index(index: Path, metadata: dict) -> None:
     atomic_write(index, lambda p: Path(p).write_text(json.dumps({"graphs": graphs}, indent=2)))
 
 
-def read_graph_json(path: str | os.PathLike) -> Graph:
-    """Read a circuit-tracer or Neuronpedia graph JSON file as a :class:`gsnb.Graph` (see
-    :func:`gsnb.circuits.graph_json.graph_from_json`)."""
+def read_graph_json(path: str | os.PathLike) -> dict:
+    """Read a circuit-tracer or Neuronpedia graph JSON file as the fields of a
+    :class:`gsnb.Graph` (see :func:`gsnb.circuits.graph_json.graph_from_json`)."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder: pass the {{slug}}.json file in it")

@@ -1,5 +1,6 @@
 """circuit-tracer's graph JSON (its frontend and Neuronpedia open it): a :class:`gsnb.Graph` as
-the ``{metadata, qParams, nodes, links}`` object, and such an object read back as a Graph.
+the ``{metadata, qParams, nodes, links}`` object, and such an object read back as the fields of
+a Graph (``Graph.from_json`` assembles them; this module never imports the class).
 
 Links name their ends by ``node_id``, and both frontends key nodes by it, so ids must never
 collide. gsnb's ids:
@@ -26,12 +27,8 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from gsnb.circuits.graph import Graph
 
 FEATURE_TYPES = {
     "feature": "cross layer transcoder",
@@ -224,83 +221,82 @@ def _layer(node: dict) -> int:
         ) from None
 
 
-def graph_from_json(data: dict, source: str = "the graph") -> Graph:
-    """A :class:`gsnb.Graph` from a circuit-tracer or Neuronpedia graph object: its nodes and
-    links (an adjacency that holds only the file's pruned edges), labels (``clerp``),
-    supernodes and metadata. ``source`` names the file in error messages.
+def graph_from_json(data: dict, source: str = "the graph") -> dict:
+    """The fields of a :class:`gsnb.Graph` (keyword arguments of its constructor) from a
+    circuit-tracer or Neuronpedia graph object: its nodes and links (an adjacency that holds
+    only the file's pruned edges), labels (``clerp``), supernodes and metadata. ``source`` names
+    the file in error messages.
 
-    Tokens without an embedding node, and features without an ``activation``, read as -1 and
-    NaN. Links whose ends are no node are dropped, as the frontends drop them; ids that appear
-    twice (circuit-tracer's error ids can equal feature ids) warn, and their links go to the
-    last such node, as in the frontends. The file's ``scan`` becomes the graph's
-    ``model_name`` (Neuronpedia reads a scan as a model id); its metadata is kept in
-    ``file_metadata``.
+    The error nodes are the file's (the ones pruning kept). Tokens without an embedding node,
+    and features without an ``activation``, read as -1 and NaN. Links whose ends are no node are
+    dropped, as the frontends drop them; ids that appear twice (circuit-tracer's error ids can
+    equal feature ids) warn, and their links go to the last such node, as in the frontends. The
+    file's ``scan`` becomes the graph's ``model_name`` (Neuronpedia reads a scan as a model id);
+    its metadata is kept in ``file_metadata``.
     """
-    from gsnb.circuits.graph import Graph
-
     missing = [key for key in ("metadata", "nodes", "links") if key not in data]
     if not missing and "prompt_tokens" not in data["metadata"]:
         missing = ["metadata.prompt_tokens"]
     if missing:
         raise ValueError(f"{source} is no circuit-tracer graph: it has no {missing}")
-    meta, records = data["metadata"], data["nodes"]
+    meta = data["metadata"]
     str_tokens = list(meta["prompt_tokens"])
-    n_pos = len(str_tokens)
     by_kind: dict[str, list[dict]] = {"feature": [], "error": [], "token": [], "logit": []}
-    for node in records:
+    for node in data["nodes"]:
         by_kind[_kind(node)].append(node)
+    by_kind["error"].sort(key=lambda n: (_layer(n), n["ctx_idx"]))
+    by_kind["logit"].sort(key=lambda n: not n.get("is_target_logit", False))
     inner = [_layer(n) for n in by_kind["feature"] + by_kind["error"]]
     outer = [int(n["layer"]) - 1 for n in by_kind["logit"] if str(n["layer"]).isdigit()]
-    n_layers = max([layer + 1 for layer in inner] + outer + [0])
-
     features = [(_layer(n), n["ctx_idx"], _feature_index(n, _layer(n))) for n in by_kind["feature"]]
-    logits = sorted(by_kind["logit"], key=lambda n: not n.get("is_target_logit", False))
-    prompt_tokens = torch.full((n_pos,), -1, dtype=torch.long)
+    logits = by_kind["logit"]
+    prompt_tokens = torch.full((len(str_tokens),), -1, dtype=torch.long)
     for node in by_kind["token"]:
         parts = node["node_id"].split("_")
         if len(parts) == 3 and parts[1].isdigit():
             prompt_tokens[node["ctx_idx"]] = int(parts[1])
-    graph = Graph(
+    index = _node_indices(by_kind, len(str_tokens))
+    n_nodes = len(features) + len(by_kind["error"]) + len(str_tokens) + len(logits)
+    supernodes: dict[str, list[int]] = {}
+    for label, *ids in data.get("qParams", {}).get("supernodes", []):
+        members = [index[i] for i in ids if i in index and index[i] < len(features)]
+        if members:
+            supernodes[label] = sorted(set(members))
+    return dict(
         model_name=str(meta.get("scan", "")),
         prompt_tokens=prompt_tokens,
         str_tokens=str_tokens,
-        n_layers=n_layers,
+        n_layers=max([layer + 1 for layer in inner] + outer + [0]),
         features=torch.tensor(features, dtype=torch.long).reshape(-1, 3),
+        errors=torch.tensor(
+            [(_layer(n), n["ctx_idx"]) for n in by_kind["error"]], dtype=torch.long
+        ).reshape(-1, 2),
         activations=torch.tensor(
             [_float(n.get("activation")) for n in by_kind["feature"]], dtype=torch.float32
         ),
         logit_tokens=torch.tensor([int(n["feature"]) for n in logits], dtype=torch.long),
         logit_probabilities=torch.tensor([float(n.get("token_prob") or 0.0) for n in logits]),
         logit_strings=[_logit_string(n) for n in logits],
-        adjacency=torch.zeros(0, 0),
+        adjacency=_adjacency(n_nodes, index, data["links"], source),
         transcoder_ids=list(meta.get("transcoder_list") or []),
         n_active_features=len(features),
+        labels={i: n["clerp"] for i, n in enumerate(by_kind["feature"]) if n.get("clerp")},
+        supernodes=supernodes,
         file_metadata=dict(meta),
     )
-    index = _node_indices(graph, by_kind["feature"], by_kind["error"], by_kind["token"], logits)
-    graph.adjacency = _adjacency(graph.n_nodes, index, data["links"], source)
-    graph.labels = {i: n["clerp"] for i, n in enumerate(by_kind["feature"]) if n.get("clerp")}
-    for label, *ids in data.get("qParams", {}).get("supernodes", []):
-        members = [index[i] for i in ids if i in index and index[i] < graph.n_features]
-        if members:
-            graph.supernodes[label] = sorted(set(members))
-    return graph
 
 
 def _float(value) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _node_indices(graph, features, errors, tokens, logits) -> dict[str, int]:
-    """``{node_id: index in graph's node order}``; warns on ids that appear twice."""
-    where = graph.slices()
-    pairs = [(n["node_id"], i) for i, n in enumerate(features)]
-    pairs += [
-        (n["node_id"], where["error"].start + _layer(n) * graph.n_pos + n["ctx_idx"])
-        for n in errors
-    ]
-    pairs += [(n["node_id"], where["token"].start + n["ctx_idx"]) for n in tokens]
-    pairs += [(n["node_id"], where["logit"].start + i) for i, n in enumerate(logits)]
+def _node_indices(by_kind: dict[str, list[dict]], n_pos: int) -> dict[str, int]:
+    """``{node_id: index in the node order}`` (features, errors, tokens at their position,
+    logits); warns on ids that appear more than once."""
+    start = len(by_kind["feature"]) + len(by_kind["error"])
+    pairs = [(n["node_id"], i) for i, n in enumerate(by_kind["feature"] + by_kind["error"])]
+    pairs += [(n["node_id"], start + n["ctx_idx"]) for n in by_kind["token"]]
+    pairs += [(n["node_id"], start + n_pos + i) for i, n in enumerate(by_kind["logit"])]
     index = dict(pairs)
     if len(index) < len(pairs):
         seen: set[str] = set()

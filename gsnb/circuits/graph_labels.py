@@ -14,8 +14,8 @@ from gsnb.core.sites import TRANSCODER_INPUTS, parse_site
 
 def stats_by_layer(stats, graph) -> dict:
     """``{layer: FeatureStats}`` from one FeatureStats, a list or a dict of them (as
-    :func:`gsnb.feature_stats` returns), matched to layers by the site they read (``mlp_in.L``, or ``mlp_normalized.L`` for Gemma Scope's
-    transcoders).
+    :func:`gsnb.feature_stats` returns), matched to layers by the site they read (``mlp_in.L``,
+    or ``mlp_normalized.L`` for Gemma Scope's transcoders).
 
     Raises ``ValueError`` for stats of an SAE that is no transcoder, or of transcoders narrower
     than the graph's feature indices."""

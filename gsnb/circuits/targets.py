@@ -6,11 +6,15 @@ A top logit's direction is its demeaned unembedding row (so the node is the logi
 logit); a logit difference ``a - b`` reads ``W_U[a] - W_U[b]``; a custom direction is read as
 given. These are circuit-tracer's semantics: its custom targets are such vectors too, injected at
 the same place, and get virtual token ids ``vocab_size + i``, as here.
+
+The unembedding is read where it lies, in its dtype: only the rows a target needs are copied (in
+float32, to the CPU), and the mean row is summed over blocks of rows, so a bfloat16 unembedding
+is never copied whole (Gemma's is its embedding, the largest matrix of the model).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 import torch
@@ -36,21 +40,39 @@ class OutputTargets(NamedTuple):
     """``[n, d_model]`` what each reads at the final norm's output, last position."""
 
 
+UNEMBEDDING_BLOCK = 32768
+"""Rows of the unembedding converted to float32 at a time."""
+
+
+def unembedding_blocks(W_U: torch.Tensor, device: torch.device | str) -> Iterator[torch.Tensor]:
+    """``W_U [vocab, d_model]`` as float32 blocks ``[<= UNEMBEDDING_BLOCK, d_model]`` of rows on
+    ``device``, in order (views, not copies, where ``W_U`` is float32 there already)."""
+    for start in range(0, W_U.shape[0], UNEMBEDDING_BLOCK):
+        yield W_U[start : start + UNEMBEDDING_BLOCK].to(device=device, dtype=torch.float32)
+
+
+def unembedding_rows(W_U: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``[n, d_model]`` float32 rows ``ids [n]`` of ``W_U``, on the CPU."""
+    return W_U[ids.to(W_U.device)].float().cpu()
+
+
 def top_logits(
     model, W_U: torch.Tensor, logits: torch.Tensor, max_logits: int, logit_prob: float
 ) -> OutputTargets:
     """The top logits of ``logits [vocab]`` that cover ``logit_prob`` of the probability, at
-    most ``max_logits`` of them, with ``W_U [vocab, d_model]``."""
+    most ``max_logits`` of them, with ``W_U [vocab, d_model]`` (any dtype and device)."""
     top_p, top_ids = logits.softmax(-1).sort(descending=True)
     n = int(min(max_logits, (top_p.cumsum(0) < logit_prob).sum().item() + 1))
     ids = top_ids[:n]
     labels = [model.tokenizer.decode([int(t)]) for t in ids]
-    return OutputTargets(ids, top_p[:n], labels, W_U[ids] - W_U.mean(0))
+    mean = sum(block.sum(0) for block in unembedding_blocks(W_U, W_U.device)) / W_U.shape[0]
+    return OutputTargets(ids, top_p[:n], labels, unembedding_rows(W_U, ids) - mean.cpu())
 
 
 def custom_targets(model, W_U: torch.Tensor, target: Target) -> OutputTargets:
     """Output nodes for ``target``: :func:`gsnb.logit_diff` ``(a, b)`` at the last position, a
-    direction ``[d_model]``, or a dict ``{label: either}`` for several nodes."""
+    direction ``[d_model]``, or a dict ``{label: either}`` for several nodes; ``W_U [vocab,
+    d_model]`` in any dtype and device."""
     items = target.items() if isinstance(target, Mapping) else [(None, target)]
     labels, directions = [], []
     for label, spec in items:
@@ -75,7 +97,8 @@ def _direction(model, W_U: torch.Tensor, spec) -> tuple[torch.Tensor, str]:
             )
         a, b = spec.resolve(model).tokens
         text = [model.tokenizer.decode([t]) for t in (a, b)]
-        return W_U[a] - W_U[b], f"{text[0]} - {text[1]}"
+        rows = unembedding_rows(W_U, torch.tensor([a, b]))
+        return rows[0] - rows[1], f"{text[0]} - {text[1]}"
     if isinstance(spec, _TokenMetric):
         raise ValueError(
             f"{spec!r} is not linear in the residual stream, so it cannot be a graph's target: "
