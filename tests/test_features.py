@@ -9,6 +9,7 @@ from tiny import tiny_model
 
 from gsnb.analysis.features import FeatureStats, feature_stats, sample_keys
 from gsnb.core.data import special_token_mask
+from gsnb.saes.evals import evaluate
 from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
 N_WINDOWS, SEQ, BATCH, K, R, BINS = 23, 12, 5, 4, 6, 40
@@ -193,12 +194,26 @@ def test_several_saes_in_one_pass_equal_separate_passes(setup, monkeypatch):
     both = run(model, [sae, transcoder], tokens)
     assert len(calls) == -(-N_WINDOWS // BATCH) and all(kw["stop_early"] for kw in calls)
     monkeypatch.undo()
-    assert set(both) == {"resid_post.1", "mlp_in.2"}
+    assert set(both) == {"resid_post.1", "transcoder.2"}
     assert_same(both["resid_post.1"], stats)
-    assert_same(both["mlp_in.2"], run(model, transcoder, tokens))
+    assert_same(both["transcoder.2"], run(model, transcoder, tokens))
     # A transcoder writes mlp_out, which is added to the residual: same formula as an SAE.
     dense = unembed(model, transcoder.W_dec)
-    assert both["mlp_in.2"].logit_effects(7, 4).top_ids == dense[7].topk(4).indices.tolist()
+    assert both["transcoder.2"].logit_effects(7, 4).top_ids == dense[7].topk(4).indices.tolist()
+
+
+def test_stats_of_transcoders_are_keyed_by_the_names_evaluate_gives_them(setup):
+    """One transcoder, one name: feature_stats, FeatureStats.name and evaluate agree."""
+    model, tokens, sae, _, _ = setup
+    transcoders = [
+        random_sae(model, tokens, f"mlp_in.{layer}", f"mlp_out.{layer}", d_sae=8, seed=layer)
+        for layer in (0, 1)
+    ]
+    stats = run(model, [*transcoders, sae], tokens, n_logit_tokens=0)
+    evals = evaluate(model, [*transcoders, sae], tokens[:4])
+    assert list(stats) == list(evals) == ["transcoder.0", "transcoder.1", "resid_post.1"]
+    assert [s.name for s in stats.values()] == list(stats)
+    assert run(model, dict(mine=transcoders[0]), tokens[:4]).keys() == {"mine"}
 
 
 def assert_same(a: FeatureStats, b: FeatureStats) -> None:

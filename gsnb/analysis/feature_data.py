@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from gsnb.analysis.logit_effects import LogitEffects, LogitRanks
 from gsnb.core.files import atomic_write
+from gsnb.core.sites import target_name
 from gsnb.saes.sae import JumpReLUSAE
 
 FORMAT = "gsnb.feature_stats.v1"
@@ -97,12 +98,15 @@ class FeatureStats:
     token_strs: dict[int, str]
     """Text of every token id in ``window_tokens`` and the logit effects."""
 
+    @property
+    def name(self) -> str:
+        """The SAE's name, as :attr:`gsnb.JumpReLUSAE.name` gives it (``"resid_post.3"``,
+        ``"transcoder.3"``): the key :func:`gsnb.feature_stats` files these stats under."""
+        return target_name(self.site_in, self.site_out)
+
     def __repr__(self) -> str:
-        where = (
-            self.site_in if self.site_in == self.site_out else f"{self.site_in}->{self.site_out}"
-        )
         return (
-            f"FeatureStats({self.model_name!r}, {where}, d_sae={self.d_sae}, n_tokens="
+            f"FeatureStats({self.model_name!r}, {self.name}, d_sae={self.d_sae}, n_tokens="
             f"{self.n_tokens}, k={self.top_values.shape[1]}, alive={int((self.density > 0).sum())})"
         )
 

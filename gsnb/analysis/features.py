@@ -36,7 +36,7 @@ from gsnb.analysis.feature_accumulator import (
 from gsnb.analysis.feature_data import FORMAT, Example, FeatureStats, fingerprint
 from gsnb.analysis.logit_effects import LogitEffects, feature_logit_ranks
 from gsnb.core.data import special_token_mask
-from gsnb.saes.sae import JumpReLUSAE
+from gsnb.saes.sae import JumpReLUSAE, named
 
 if TYPE_CHECKING:
     from gsnb.core.model import Model
@@ -85,7 +85,8 @@ def feature_stats(
 
     Args:
         model: a :class:`gsnb.Model`.
-        sae_or_saes: one SAE or transcoder, a list of them (keyed by ``site_in``) or a dict.
+        sae_or_saes: one SAE or transcoder, a list of them (keyed by their
+            :attr:`~gsnb.JumpReLUSAE.name`) or a dict.
         tokens: ``[n_windows, seq_len]`` token ids, e.g. from :func:`gsnb.core.data.default_tokens`.
         out_dir: folder for a checkpoint written atomically every ``checkpoint_every`` batches
             and at the end; calling again with the same arguments resumes, with identical results.
@@ -230,14 +231,19 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
 
 
 def _as_dict(sae_or_saes) -> dict[str, JumpReLUSAE]:
-    if isinstance(sae_or_saes, JumpReLUSAE):
-        sae_or_saes = [sae_or_saes]
+    """``{name: sae}``: a dict as given, else keyed by :attr:`JumpReLUSAE.name`."""
     if isinstance(sae_or_saes, Mapping):
         saes = dict(sae_or_saes)
     else:
-        saes = {str(getattr(sae, "site_in", sae)): sae for sae in sae_or_saes}
-        if len(saes) < len(sae_or_saes):
-            raise ValueError("two SAEs read one site: pass a dict {name: sae} to tell them apart")
+        items = [sae_or_saes] if isinstance(sae_or_saes, JumpReLUSAE) else list(sae_or_saes)
+        if not all(isinstance(sae, JumpReLUSAE) for sae in items):
+            raise ValueError(f"pass a JumpReLUSAE or a non-empty list or dict of them: {items!r}")
+        try:
+            saes = named(items)
+        except ValueError as err:  # same name: same sites
+            raise ValueError(
+                f"two SAEs read one site: {err}, or pass a dict {{name: sae}} to tell them apart"
+            ) from None
     if not saes or not all(isinstance(sae, JumpReLUSAE) for sae in saes.values()):
         raise ValueError(f"pass a JumpReLUSAE or a non-empty list or dict of them: {sae_or_saes!r}")
     return saes
