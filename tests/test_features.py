@@ -7,7 +7,8 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from gsnb.analysis.features import FeatureStats, feature_stats, sample_keys
+from gsnb.analysis.attribution import direct_logit_attribution
+from gsnb.analysis.features import FeatureStats, LogitEffects, feature_stats, sample_keys
 from gsnb.core.data import special_token_mask
 from gsnb.saes.evals import evaluate
 from gsnb.saes.sae import JumpReLUSAE, SAEConfig
@@ -169,6 +170,20 @@ def test_logit_effects_equal_the_dense_product(setup):
         torch.testing.assert_close(torch.tensor(fx.top_values), top.values.detach())
         torch.testing.assert_close(torch.tensor(fx.bottom_values), bottom.values.detach())
         assert fx.top_tokens == [model.tokenizer.decode([i]) for i in fx.top_ids]
+
+
+def test_direct_logit_attribution_gives_the_logit_effects_feature_stats_stored(setup):
+    """One computation and one type: both name a feature's promoted and suppressed tokens with
+    the same LogitEffects, equal to the dense product's top and bottom tokens."""
+    model, _, sae, stats, _ = setup
+    dla = direct_logit_attribution(model, sae, [3, 7])
+    dense = unembed(model, sae.W_dec)
+    for f in (3, 7):
+        direct, stored = dla.logit_effects(f, 5), stats.logit_effects(f, 5)
+        assert type(direct) is type(stored) is LogitEffects
+        assert direct.top_ids == stored.top_ids == dense[f].topk(5).indices.tolist()
+        assert direct.bottom_tokens == stored.bottom_tokens
+        torch.testing.assert_close(torch.tensor(direct.top_values), torch.tensor(stored.top_values))
 
 
 def test_attn_out_logit_effects_go_through_o_proj_and_its_norm_gain(gemma3):
