@@ -29,7 +29,8 @@ import time
 import torch
 
 import gsnb
-from gsnb.analysis.features import _logit_effects, feature_stats
+from gsnb.analysis.features import feature_stats
+from gsnb.analysis.logit_effects import feature_logit_ranks
 from gsnb.core.data import default_tokens
 from gsnb.saes.activations import cache_activations
 from gsnb.saes.sae import JumpReLUSAE, SAEConfig
@@ -121,7 +122,7 @@ def main() -> None:
     part = JumpReLUSAE(SAEConfig(d_in=sae.cfg.d_in, d_sae=1024, site_in=SITE)).to(device)
     with torch.no_grad():
         part.W_dec.copy_(sae.W_dec[:1024])
-    logit_wall, logit_cpu = timed(device, lambda: _logit_effects(model, part, 10))
+    logit_wall, logit_cpu = timed(device, lambda: feature_logit_ranks(model, part, 10))
     scale = D_SAE / 1024
 
     n_tok = tokens.numel()

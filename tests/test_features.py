@@ -7,8 +7,10 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from gsnb.analysis.features import FeatureStats, feature_stats, sample_keys
+from gsnb.analysis.attribution import direct_logit_attribution
+from gsnb.analysis.features import FeatureStats, LogitEffects, feature_stats, sample_keys
 from gsnb.core.data import special_token_mask
+from gsnb.saes.evals import evaluate
 from gsnb.saes.sae import JumpReLUSAE, SAEConfig
 
 N_WINDOWS, SEQ, BATCH, K, R, BINS = 23, 12, 5, 4, 6, 40
@@ -170,6 +172,20 @@ def test_logit_effects_equal_the_dense_product(setup):
         assert fx.top_tokens == [model.tokenizer.decode([i]) for i in fx.top_ids]
 
 
+def test_direct_logit_attribution_gives_the_logit_effects_feature_stats_stored(setup):
+    """One computation and one type: both name a feature's promoted and suppressed tokens with
+    the same LogitEffects, equal to the dense product's top and bottom tokens."""
+    model, _, sae, stats, _ = setup
+    dla = direct_logit_attribution(model, sae, [3, 7])
+    dense = unembed(model, sae.W_dec)
+    for f in (3, 7):
+        direct, stored = dla.logit_effects(f, 5), stats.logit_effects(f, 5)
+        assert type(direct) is type(stored) is LogitEffects
+        assert direct.top_ids == stored.top_ids == dense[f].topk(5).indices.tolist()
+        assert direct.bottom_tokens == stored.bottom_tokens
+        torch.testing.assert_close(torch.tensor(direct.top_values), torch.tensor(stored.top_values))
+
+
 def test_attn_out_logit_effects_go_through_o_proj_and_its_norm_gain(gemma3):
     tokens = corpus(gemma3)
     sae = random_sae(gemma3, tokens, site_in="attn_out.1", d_sae=8)
@@ -193,12 +209,26 @@ def test_several_saes_in_one_pass_equal_separate_passes(setup, monkeypatch):
     both = run(model, [sae, transcoder], tokens)
     assert len(calls) == -(-N_WINDOWS // BATCH) and all(kw["stop_early"] for kw in calls)
     monkeypatch.undo()
-    assert set(both) == {"resid_post.1", "mlp_in.2"}
+    assert set(both) == {"resid_post.1", "transcoder.2"}
     assert_same(both["resid_post.1"], stats)
-    assert_same(both["mlp_in.2"], run(model, transcoder, tokens))
+    assert_same(both["transcoder.2"], run(model, transcoder, tokens))
     # A transcoder writes mlp_out, which is added to the residual: same formula as an SAE.
     dense = unembed(model, transcoder.W_dec)
-    assert both["mlp_in.2"].logit_effects(7, 4).top_ids == dense[7].topk(4).indices.tolist()
+    assert both["transcoder.2"].logit_effects(7, 4).top_ids == dense[7].topk(4).indices.tolist()
+
+
+def test_stats_of_transcoders_are_keyed_by_the_names_evaluate_gives_them(setup):
+    """One transcoder, one name: feature_stats, FeatureStats.name and evaluate agree."""
+    model, tokens, sae, _, _ = setup
+    transcoders = [
+        random_sae(model, tokens, f"mlp_in.{layer}", f"mlp_out.{layer}", d_sae=8, seed=layer)
+        for layer in (0, 1)
+    ]
+    stats = run(model, [*transcoders, sae], tokens, n_logit_tokens=0)
+    evals = evaluate(model, [*transcoders, sae], tokens[:4])
+    assert list(stats) == list(evals) == ["transcoder.0", "transcoder.1", "resid_post.1"]
+    assert [s.name for s in stats.values()] == list(stats)
+    assert run(model, dict(mine=transcoders[0]), tokens[:4]).keys() == {"mine"}
 
 
 def assert_same(a: FeatureStats, b: FeatureStats) -> None:

@@ -1,5 +1,6 @@
-"""Which SAE features drive a metric: gradient x activation, integrated gradients, attribution
-patching, and direct logit attribution.
+"""Which SAE features drive a metric: gradient x activation, integrated gradients and attribution
+patching. (Direct logit attribution is :mod:`gsnb.analysis.logit_effects`; metrics are
+:mod:`gsnb.analysis.metrics`; both are importable from here too.)
 
 **Nodes.** Each SAE contributes its feature activations ``f [pos, d_sae]`` and one error node per
 position, ``e [pos, d_out] = x_out - decode(f)`` (for a transcoder ``x_out`` is ``mlp_out.L``;
@@ -25,14 +26,23 @@ nodes score 0; attribute them one SAE at a time for total effects).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from gsnb.analysis.steering import _check_device, _check_features, _check_sae
-from gsnb.core.gemma import Gemma
+from gsnb.analysis.logit_effects import direct_logit_attribution
+from gsnb.analysis.metrics import (
+    Metric,
+    bind_metric,
+    call_metric,
+    logit_diff,
+    logprob,
+)
+from gsnb.analysis.tables import Table
+from gsnb.core.dictionary import check_dictionary, check_same_device
+from gsnb.saes.sae import named
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -40,117 +50,38 @@ if TYPE_CHECKING:
     from gsnb.core.model import Model
     from gsnb.saes.sae import JumpReLUSAE
 
-Metric = Callable[[torch.Tensor], torch.Tensor]
-"""A function from logits ``[batch, pos, vocab]`` to a scalar tensor (differentiable)."""
-
-
-# --- metrics -----------------------------------------------------------------------------------
-
-
-def _token_id(model: Model, token: int | str) -> int:
-    vocab = model.config.vocab_size
-    if isinstance(token, str):
-        ids = model.tokenizer.encode(token, add_special_tokens=False)
-        if len(ids) != 1:
-            pieces = [model.tokenizer.decode([i]) for i in ids]
-            raise ValueError(
-                f"{token!r} is {len(ids)} tokens {pieces}; a metric needs exactly one: pass a "
-                "single token (mind the leading space, e.g. ' Paris') or its id"
-            )
-        return ids[0]
-    if isinstance(token, int) and not isinstance(token, bool):
-        if not 0 <= token < vocab:
-            raise ValueError(f"token id {token} is outside the vocabulary 0..{vocab - 1}")
-        return token
-    raise TypeError(f"a token is a string or an int id, got {type(token).__name__}")
-
-
-@dataclass(frozen=True)
-class _TokenMetric:
-    tokens: tuple[int | str, ...]
-    pos: int = -1
-
-    def resolve(self, model: Model) -> _TokenMetric:
-        """The same metric with string tokens turned into ids by ``model``'s tokenizer."""
-        return type(self)(tuple(_token_id(model, t) for t in self.tokens), self.pos)
-
-    def _ids(self) -> tuple[int, ...]:
-        if not all(isinstance(t, int) for t in self.tokens):
-            raise ValueError(
-                f"{self!r} names tokens as strings; resolve them first: metric.resolve(model) "
-                "(attribute() and friends do this for you)"
-            )
-        return self.tokens  # type: ignore[return-value]
-
-
-class _LogitDiff(_TokenMetric):
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        a, b = self._ids()
-        return (logits[:, self.pos, a] - logits[:, self.pos, b]).sum()
-
-
-class _LogProb(_TokenMetric):
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        (token,) = self._ids()
-        return torch.log_softmax(logits[:, self.pos].float(), dim=-1)[:, token].sum()
-
-
-def logit_diff(a: int | str, b: int | str, pos: int = -1) -> Metric:
-    """Metric ``logits[:, pos, a] - logits[:, pos, b]``, summed over the batch.
-
-    Tokens are ids or single-token strings (resolved with the model's tokenizer).
-
-    >>> metric = logit_diff(" Paris", " London")
-    """
-    return _LogitDiff((a, b), pos)
-
-
-def logprob(token: int | str, pos: int = -1) -> Metric:
-    """Metric ``log_softmax(logits[:, pos])[token]``, summed over the batch."""
-    return _LogProb((token,), pos)
-
-
-def _bind_metric(metric: Metric, model: Model) -> Metric:
-    if isinstance(metric, _TokenMetric):
-        return metric.resolve(model)
-    if not callable(metric):
-        raise TypeError(
-            f"metric must be a callable logits [batch, pos, vocab] -> scalar, got {metric!r}"
-        )
-    return metric
-
-
-def _call_metric(metric: Metric, logits: torch.Tensor) -> torch.Tensor:
-    value = metric(logits)
-    if not isinstance(value, torch.Tensor) or value.numel() != 1:
-        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"the metric returned {got}; it must return a scalar tensor (use .sum())")
-    return value.reshape(())
+__all__ = [
+    "Attribution",
+    "Metric",
+    "NodeRow",
+    "attribute",
+    "attribution_patching",
+    "direct_logit_attribution",
+    "logit_diff",
+    "logprob",
+]
 
 
 # --- the node function ---------------------------------------------------------------------------
 
 
-def _sae_name(sae: JumpReLUSAE) -> str:
-    return sae.site_in if not sae.is_transcoder else f"{sae.site_in}->{sae.site_out}"
-
-
-def _check_saes(model: Model, saes) -> list[JumpReLUSAE]:
+def _check_saes(model: Model, saes) -> dict[str, JumpReLUSAE]:
+    """``{name: sae}`` of one SAE or a list, each checked against ``model``."""
     saes = [saes] if not isinstance(saes, Sequence) else list(saes)
     if not saes:
         raise ValueError("no SAEs given: pass one SAE or a list of them")
     writes: dict[str, str] = {}
     for sae in saes:
-        _check_sae(sae)
+        check_dictionary(sae)
         sae.check_model(model)
-        _check_device(sae, model)
+        check_same_device(sae, model)
         if sae.site_out in writes:
             raise ValueError(
-                f"{_sae_name(sae)} and {writes[sae.site_out]} both write {sae.site_out}; "
+                f"{sae.name} and {writes[sae.site_out]} both write {sae.site_out}; "
                 "attribute them in separate calls"
             )
-        writes[sae.site_out] = _sae_name(sae)
-    return saes
+        writes[sae.site_out] = sae.name
+    return named(saes)
 
 
 def _prompt_tokens(model: Model, prompt) -> torch.Tensor:
@@ -160,124 +91,75 @@ def _prompt_tokens(model: Model, prompt) -> torch.Tensor:
     return tokens
 
 
-@torch.no_grad()
-def _clean_nodes(
-    model: Model, saes: list[JumpReLUSAE], tokens: torch.Tensor
-) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """Logits ``[1, pos, vocab]``, features ``[pos, d_sae]`` and errors ``[pos, d_out]`` per SAE."""
-    sites = sorted({s for sae in saes for s in (sae.site_in, sae.site_out)})
-    logits, cache = model.run_with_cache(tokens, sites)
-    feats, errors = [], []
-    for sae in saes:
-        f = sae.encode(cache[sae.site_in][0])
-        feats.append(f)
-        errors.append(cache[sae.site_out][0].to(f.dtype) - sae.decode(f))
-    return logits, feats, errors
+class _Nodes(NamedTuple):
+    """Per SAE, in order: features ``[..., pos, d_sae]`` and errors ``[..., pos, d_out]`` (or
+    scores of the same layout)."""
+
+    features: list[torch.Tensor]
+    errors: list[torch.Tensor]
 
 
-def _node_metric(
-    model: Model,
-    saes: list[JumpReLUSAE],
-    tokens: torch.Tensor,
-    feats: list[torch.Tensor],
-    errors: list[torch.Tensor],
-    metric: Metric,
-) -> torch.Tensor:
-    """Sum over rows of the metric with every SAE site set to ``decode(f) + e``.
+@dataclass
+class _NodeFunction:
+    """The metric as a function of every node: each SAE's output site set to ``decode(f) + e``."""
 
-    ``feats[i] [rows, pos, d_sae]`` and ``errors[i] [rows, pos, d_out]``; each row is its own
-    forward pass in one batch, and the metric sees each row alone so its own batch reduction
-    cannot mix rows.
-    """
-    rows = feats[0].shape[0]
+    model: Model
+    saes: list[JumpReLUSAE]
+    tokens: torch.Tensor
+    """``[1, pos]``."""
+    metric: Metric
 
-    def setter(sae, f, e):
-        return lambda x: sae.decode(f) + e
+    @torch.no_grad()
+    def clean(self) -> tuple[torch.Tensor, _Nodes]:
+        """Logits ``[1, pos, vocab]`` and the clean nodes, ``[pos, ...]`` per SAE."""
+        sites = sorted({s for sae in self.saes for s in (sae.site_in, sae.site_out)})
+        logits, cache = self.model.run_with_cache(self.tokens, sites)
+        feats, errors = [], []
+        for sae in self.saes:
+            f = sae.encode(cache[sae.site_in][0])
+            feats.append(f)
+            errors.append(cache[sae.site_out][0].to(f.dtype) - sae.decode(f))
+        return logits, _Nodes(feats, errors)
 
-    fns = {sae.site_out: setter(sae, f, e) for sae, f, e in zip(saes, feats, errors, strict=True)}
-    with model.hooks(fns):
-        logits = model.hf(input_ids=tokens.expand(rows, -1), use_cache=False).logits
-    return sum(_call_metric(metric, logits[r : r + 1]) for r in range(rows))
+    def __call__(self, nodes: _Nodes) -> torch.Tensor:
+        """Sum over rows of the metric at ``nodes`` (``[rows, pos, ...]`` per SAE); each row is
+        its own forward pass in one batch, and the metric sees each row alone so its own batch
+        reduction cannot mix rows."""
+        rows = nodes.features[0].shape[0]
 
+        def setter(sae, f, e):
+            return lambda x: sae.decode(f) + e
 
-def _grads(
-    model: Model,
-    saes: list[JumpReLUSAE],
-    tokens: torch.Tensor,
-    feats: list[torch.Tensor],
-    errors: list[torch.Tensor],
-    metric: Metric,
-    alphas: torch.Tensor,
-    batch_size: int,
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Sum over ``alphas`` of d metric / d node at features ``alpha * f`` and errors ``e``.
+        fns = {
+            sae.site_out: setter(sae, f, e)
+            for sae, f, e in zip(self.saes, nodes.features, nodes.errors, strict=True)
+        }
+        with self.model.hooks(fns):
+            tokens = self.tokens.expand(rows, -1)
+            logits = self.model.hf(input_ids=tokens, use_cache=False).logits
+        return sum(call_metric(self.metric, logits[r : r + 1]) for r in range(rows))
 
-    ``feats[i] [pos, d_sae]`` and ``errors[i] [pos, d_out]``; returns gradients of the same
-    shapes.
-    """
-    grad_f = [torch.zeros_like(f) for f in feats]
-    grad_e = [torch.zeros_like(e) for e in errors]
-    for chunk in alphas.split(batch_size):
-        scale = chunk.to(feats[0])[:, None, None]
-        with torch.enable_grad():
-            leaves_f = [(scale * f).requires_grad_() for f in feats]
-            leaves_e = [e.expand(len(chunk), -1, -1).clone().requires_grad_() for e in errors]
-            total = _node_metric(model, saes, tokens, leaves_f, leaves_e, metric)
-            # autograd.grad, not backward(): the model's parameters get no .grad left behind.
-            grads = torch.autograd.grad(total, leaves_f + leaves_e, allow_unused=True)
-        for i, g in enumerate(grads):
-            if g is not None:
-                (grad_f + grad_e)[i].add_(g.sum(0))
-    return grad_f, grad_e
+    def grads(self, nodes: _Nodes, alphas: torch.Tensor, batch_size: int) -> _Nodes:
+        """Sum over ``alphas`` of d metric / d node at features ``alpha * f`` and errors ``e``
+        (``nodes`` and the result ``[pos, ...]`` per SAE)."""
+        feats, errors = nodes
+        grad_f = [torch.zeros_like(f) for f in feats]
+        grad_e = [torch.zeros_like(e) for e in errors]
+        for chunk in alphas.split(batch_size):
+            scale = chunk.to(feats[0])[:, None, None]
+            with torch.enable_grad():
+                leaves_f = [(scale * f).requires_grad_() for f in feats]
+                leaves_e = [e.expand(len(chunk), -1, -1).clone().requires_grad_() for e in errors]
+                total = self(_Nodes(leaves_f, leaves_e))
+                # autograd.grad, not backward(): the model's parameters get no .grad left behind.
+                grads = torch.autograd.grad(total, leaves_f + leaves_e, allow_unused=True)
+            for i, g in enumerate(grads):
+                if g is not None:
+                    (grad_f + grad_e)[i].add_(g.sum(0))
+        return _Nodes(grad_f, grad_e)
 
 
 # --- results ------------------------------------------------------------------------------------
-
-
-class Table:
-    """A small table of named-tuple rows; prints as text and shows as HTML in a notebook."""
-
-    def __init__(self, rows: list[tuple], title: str = ""):
-        self.rows = rows
-        self.title = title
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self):
-        return iter(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
-
-    def _cells(self) -> tuple[list[str], list[list[str]]]:
-        fields = list(self.rows[0]._fields) if self.rows else []
-
-        def fmt(v) -> str:
-            if isinstance(v, float):
-                return f"{v + 0.0:.4g}"  # + 0.0 turns -0.0 (inactive features) into 0
-            return "error" if v is None else str(v) if not isinstance(v, str) else repr(v)
-
-        return fields, [[fmt(v) for v in row] for row in self.rows]
-
-    def __repr__(self) -> str:
-        fields, cells = self._cells()
-        widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(fields)]
-        lines = [self.title] if self.title else []
-        lines.append("  ".join(h.ljust(w) for h, w in zip(fields, widths, strict=True)))
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        import html
-
-        fields, cells = self._cells()
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in fields)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells
-        )
-        title = f"<b>{html.escape(self.title)}</b>" if self.title else ""
-        return f"<div>{title}<table><tr>{head}</tr>{body}</table></div>"
 
 
 class NodeRow(NamedTuple):
@@ -316,6 +198,26 @@ class Attribution:
     steps: int | None = None
     """Integration points for ``ig``."""
 
+    @classmethod
+    def of(
+        cls, method: str, f: _NodeFunction, names: list[str], clean: _Nodes, scores: _Nodes, **kw
+    ) -> Attribution:
+        """The result for nodes ``clean`` scored ``scores`` (``[pos, ...]`` per SAE in ``names``
+        order); ``kw`` sets ``metric``, ``baseline_metric``, ``steps``."""
+
+        def by_name(tensors):
+            return {n: t.detach() for n, t in zip(names, tensors, strict=True)}
+
+        return cls(
+            method=method,
+            str_tokens=f.model.to_str_tokens(f.tokens),
+            features=by_name(scores.features),
+            errors=by_name(scores.errors),
+            activations=by_name(clean.features),
+            error_norms=by_name(e.norm(dim=-1) for e in clean.errors),
+            **kw,
+        )
+
     def total(self) -> float:
         """Sum of all attributions. ``ig``: about ``metric - baseline_metric``; ``patching``:
         a linear estimate of ``baseline_metric - metric``."""
@@ -337,16 +239,8 @@ class Attribution:
             acts = self.activations[name]
             for i in idx.tolist():
                 pos, feat = divmod(i, d_sae)
-                rows.append(
-                    NodeRow(
-                        name,
-                        pos,
-                        self.str_tokens[pos],
-                        feat,
-                        float(acts[pos, feat]),
-                        float(flat[i]),
-                    )
-                )
+                token, act = self.str_tokens[pos], float(acts[pos, feat])
+                rows.append(NodeRow(name, pos, token, feat, act, float(flat[i])))
         # IG holds error nodes fixed, so their zero scores carry no information.
         for name, scores in self.errors.items() if self.method != "ig" else ():
             for pos, value in enumerate(scores.tolist()):
@@ -385,21 +279,6 @@ class Attribution:
         return fig
 
 
-def _result(method, model, tokens, saes, scores_f, scores_e, feats, errors, metric, base, steps):
-    names = [_sae_name(s) for s in saes]
-    return Attribution(
-        method=method,
-        str_tokens=model.to_str_tokens(tokens),
-        features={n: s.detach() for n, s in zip(names, scores_f, strict=True)},
-        errors={n: s.detach() for n, s in zip(names, scores_e, strict=True)},
-        activations={n: f.detach() for n, f in zip(names, feats, strict=True)},
-        error_norms={n: e.detach().norm(dim=-1) for n, e in zip(names, errors, strict=True)},
-        metric=metric,
-        baseline_metric=base,
-        steps=steps,
-    )
-
-
 # --- entry points ---------------------------------------------------------------------------------
 
 
@@ -426,7 +305,8 @@ def attribute(
         batch_size: integration points per forward pass.
 
     Returns:
-        :class:`Attribution` with ``features[name] [pos, d_sae]`` and ``errors[name] [pos]``.
+        :class:`Attribution` with ``features[name] [pos, d_sae]`` and ``errors[name] [pos]``,
+        keyed by :attr:`gsnb.JumpReLUSAE.name`.
 
     >>> attr = attribute(model, [sae], "The Eiffel Tower is in", logit_diff(" Paris", " Rome"))
     >>> attr.top(10)
@@ -436,39 +316,28 @@ def attribute(
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    saes = _check_saes(model, saes)
-    metric = _bind_metric(metric, model)
-    tokens = _prompt_tokens(model, prompt)
-    logits, feats, errors = _clean_nodes(model, saes, tokens)
-    clean = float(_call_metric(metric, logits))
-    base = None
+    by_name = _check_saes(model, saes)
+    metric = bind_metric(metric, model)
+    f = _NodeFunction(model, list(by_name.values()), _prompt_tokens(model, prompt), metric)
+    logits, nodes = f.clean()
+    clean = float(call_metric(metric, logits))
     if method == "grad":
-        alphas, n = torch.ones(1), 1
+        alphas, n, base = torch.ones(1), 1, None
     else:
         alphas, n = (torch.arange(steps) + 0.5) / steps, steps
         with torch.no_grad():
-            zeros = [torch.zeros_like(f)[None] for f in feats]
-            held = [e[None] for e in errors]
-            base = float(_node_metric(model, saes, tokens, zeros, held, metric))
-    grad_f, grad_e = _grads(model, saes, tokens, feats, errors, metric, alphas, batch_size)
-    scores_f = [f * g / n for f, g in zip(feats, grad_f, strict=True)]
+            zeros = [torch.zeros_like(x)[None] for x in nodes.features]
+            base = float(f(_Nodes(zeros, [e[None] for e in nodes.errors])))
+    grads = f.grads(nodes, alphas, batch_size)
+    scores_f = [x * g / n for x, g in zip(nodes.features, grads.features, strict=True)]
     if method == "grad":
-        scores_e = [(e * g).sum(-1) for e, g in zip(errors, grad_e, strict=True)]
+        scores_e = [(e * g).sum(-1) for e, g in zip(nodes.errors, grads.errors, strict=True)]
     else:  # held fixed along the IG path, so they contribute nothing to the integral
-        scores_e = [torch.zeros(e.shape[0], device=e.device) for e in errors]
-    return _result(
-        method,
-        model,
-        tokens,
-        saes,
-        scores_f,
-        scores_e,
-        feats,
-        errors,
-        clean,
-        base,
-        n if base is not None else None,
-    )
+        scores_e = [torch.zeros(e.shape[0], device=e.device) for e in nodes.errors]
+    return Attribution.of(
+        method, f, list(by_name), nodes, _Nodes(scores_f, scores_e),
+        metric=clean, baseline_metric=base, steps=n if base is not None else None,
+    )  # fmt: skip
 
 
 def attribution_patching(
@@ -490,8 +359,8 @@ def attribution_patching(
         :class:`Attribution` (``method="patching"``) with ``baseline_metric`` the corrupt run's
         metric; ``features[name] [pos, d_sae]``, ``errors[name] [pos]``.
     """
-    saes = _check_saes(model, saes)
-    metric = _bind_metric(metric, model)
+    by_name = _check_saes(model, saes)
+    metric = bind_metric(metric, model)
     clean_tokens = _prompt_tokens(model, clean)
     corrupt_tokens = _prompt_tokens(model, corrupt)
     if clean_tokens.shape != corrupt_tokens.shape:
@@ -499,130 +368,20 @@ def attribution_patching(
             f"clean has {clean_tokens.shape[1]} tokens and corrupt {corrupt_tokens.shape[1]}; "
             "attribution patching pairs positions, so use prompts of equal token length"
         )
-    logits, feats, errors = _clean_nodes(model, saes, clean_tokens)
-    corrupt_logits, feats_k, errors_k = _clean_nodes(model, saes, corrupt_tokens)
-    grad_f, grad_e = _grads(
-        model,
-        saes,
-        clean_tokens,
-        feats,
-        errors,
-        metric,
-        torch.ones(1),
-        1,
+    f = _NodeFunction(model, list(by_name.values()), clean_tokens, metric)
+    logits, nodes = f.clean()
+    corrupt_logits, other = _NodeFunction(model, f.saes, corrupt_tokens, metric).clean()
+    grads = f.grads(nodes, torch.ones(1), 1)
+    moves = _Nodes(  # corrupt minus clean, per node
+        [k - c for k, c in zip(other.features, nodes.features, strict=True)],
+        [k - c for k, c in zip(other.errors, nodes.errors, strict=True)],
     )
-    scores_f = [(k - c) * g for k, c, g in zip(feats_k, feats, grad_f, strict=True)]
-    scores_e = [((k - c) * g).sum(-1) for k, c, g in zip(errors_k, errors, grad_e, strict=True)]
-    return _result(
-        "patching",
-        model,
-        clean_tokens,
-        saes,
-        scores_f,
-        scores_e,
-        feats,
-        errors,
-        float(_call_metric(metric, logits)),
-        float(_call_metric(metric, corrupt_logits)),
-        None,
+    scores = _Nodes(
+        [d * g for d, g in zip(moves.features, grads.features, strict=True)],
+        [(d * g).sum(-1) for d, g in zip(moves.errors, grads.errors, strict=True)],
     )
-
-
-# --- direct logit attribution -----------------------------------------------------------------
-
-
-class LogitRow(NamedTuple):
-    """One rank of a feature's logit effects: the token it promotes most and suppresses most."""
-
-    feature: int
-    rank: int
-    promoted: str
-    promoted_effect: float
-    suppressed: str
-    suppressed_effect: float
-
-
-@dataclass
-class LogitEffects:
-    """Direct logit effects of SAE features (see :func:`direct_logit_attribution`)."""
-
-    sae: str
-    """SAE name."""
-    features: list[int]
-    """The features, in row order."""
-    effects: torch.Tensor
-    """``[n_features, vocab]`` logit change per unit of feature activation (norm scale omitted)."""
-    decode: Callable[[list[int]], str] = field(repr=False)
-    """Token id -> text (the tokenizer's decode)."""
-
-    def top(self, k: int = 10) -> Table:
-        """Per feature, the ``k`` most promoted and most suppressed tokens."""
-        k = min(k, self.effects.shape[1])
-        up = self.effects.topk(k, dim=-1)
-        down = (-self.effects).topk(k, dim=-1)
-        rows = [
-            LogitRow(
-                feat,
-                r,
-                self.decode([int(up.indices[i, r])]),
-                float(up.values[i, r]),
-                self.decode([int(down.indices[i, r])]),
-                -float(down.values[i, r]),
-            )
-            for i, feat in enumerate(self.features)
-            for r in range(k)
-        ]
-        return Table(rows, f"direct logit effects of {self.sae} features")
-
-    def figure(self, k: int = 10) -> go.Figure:
-        """Per feature, bars for the ``k`` most promoted and suppressed tokens (plotly)."""
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
-
-        table = self.top(k)
-        fig = make_subplots(
-            rows=len(self.features), cols=1, subplot_titles=[f"feature {f}" for f in self.features]
-        )
-        for i, feat in enumerate(self.features):
-            rows = [r for r in table if r.feature == feat]
-            tokens = [repr(r.suppressed) for r in rows[::-1]] + [repr(r.promoted) for r in rows]
-            values = [r.suppressed_effect for r in rows[::-1]] + [r.promoted_effect for r in rows]
-            fig.add_trace(
-                go.Bar(
-                    x=tokens,
-                    y=values,
-                    marker_color=["#d62728" if v < 0 else "#1f77b4" for v in values],
-                    showlegend=False,
-                ),
-                row=i + 1,
-                col=1,
-            )
-        fig.update_layout(
-            title=table.title, template="plotly_white", height=260 * len(self.features) + 80
-        )
-        return fig
-
-
-@torch.no_grad()
-def direct_logit_attribution(
-    model: Model, sae: JumpReLUSAE, features: int | Sequence[int] | torch.Tensor
-) -> LogitEffects:
-    """Decoder rows through the final norm's gain and the unembedding: ``[n_features, vocab]``.
-
-    ``effects = (W_dec[features] * (1 + final_norm.weight)) @ W_U.T``; for ``attn_out`` SAEs
-    the rows first go through ``o_proj`` and the post-attention norm's gain.
-
-    Honest about the approximation: RMSNorm divides by the residual's RMS at each position,
-    which this omits (a positive per-position scale, so the ranking of tokens for one feature is
-    exact for a direct write but the magnitudes are not logit changes), and the real direction
-    also loses its component along the residual. It ignores every path through later layers,
-    Gemma 2's logit softcapping, and for ``attn_out`` the post-attention norm's own RMS.
-    """
-    _check_sae(sae)
-    sae.check_model(model)
-    feats = list(_check_features(sae, features))
-    if not feats:
-        raise ValueError("no features given: pass a feature index or a list of them")
-    rows = sae.W_dec.detach()[feats].to(model.device)  # [n, d_out]
-    effects = Gemma(model).logit_effects(str(model.parse_site(sae.site_out)), rows)
-    return LogitEffects(_sae_name(sae), feats, effects, model.tokenizer.decode)
+    return Attribution.of(
+        "patching", f, list(by_name), nodes, scores,
+        metric=float(call_metric(metric, logits)),
+        baseline_metric=float(call_metric(metric, corrupt_logits)),
+    )  # fmt: skip

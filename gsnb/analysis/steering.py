@@ -1,476 +1,51 @@
-"""Interventions on the forward pass (add a vector, clamp or ablate SAE features) and steering.
+"""Steering: generation under interventions, steered and default completions side by side,
+steering vectors and strength sweeps.
 
 >>> steer = [Add("resid_post.6", (sae, 1234), strength=4.0, stats=stats, positions="generated")]
->>> with model.intervene(steer):           # any forward pass inside is steered
-...     logits = model("I think that")
 >>> generate(model, "I think that", steer, max_new_tokens=20)
 >>> compare(model, "I think that", steer)  # steered and default completions side by side
 
-Clamp and Ablate edit features without touching anything else: the site's value ``x`` becomes
-``x + (f_edited - f) @ W_dec``, which is ``decode(f_edited) + (x - decode(f))`` (the SAE's
-reconstruction of the edited features plus its error term) with no reconstruction error added.
-Positions are absolute indices into the sequence, so they stay right when generation feeds one
-token at a time through a KV cache.
+The interventions themselves (:class:`Add`, :class:`Clamp`, :class:`Ablate`, :func:`intervene`)
+live in :mod:`gsnb.core.interventions`, so that ``Model.intervene`` needs nothing above the core;
+they are importable from here too.
 """
 
 from __future__ import annotations
 
 import html
-import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from gsnb.core.hooks import HookFn
-from gsnb.core.kv_cache import cached_length, find_cache
+from gsnb.analysis.metrics import token_id
+from gsnb.core.interventions import (
+    Ablate,
+    Add,
+    Clamp,
+    Intervention,
+    as_interventions,
+    check_finite,
+    intervene,
+)
 
 if TYPE_CHECKING:
     from gsnb.core.model import Model
-    from gsnb.saes.sae import JumpReLUSAE
 
-Positions = str | int | slice | Sequence[int]
-"""Where an intervention acts: ``"all"``, ``"generated"`` (tokens after the prompt), an index, a
-slice or a list of indices into the token sequence as fed (BOS is 0; left padding counts).
-Negative indices count from the end of the sequence so far, so during generation ``-1`` is the
-newest token at every step."""
-
-
-class HasMaxActivation(Protocol):
-    """Anything with a ``max_activation [d_sae]`` tensor, such as ``gsnb.analysis.features.FeatureStats``."""
-
-    max_activation: torch.Tensor
-
-
-# --- input checks ----------------------------------------------------------------------------
-
-
-def _finite(value, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{name} is {number}; pass a finite number")
-    return number
-
-
-def _check_positions(positions) -> Positions:
-    if isinstance(positions, str):
-        if positions not in ("all", "generated"):
-            raise ValueError(
-                f"positions={positions!r} is not understood: use 'all', 'generated', an index, "
-                "a slice or a list of indices"
-            )
-        return positions
-    if isinstance(positions, torch.Tensor):
-        positions = positions.reshape(-1).tolist()
-    if isinstance(positions, int) and not isinstance(positions, bool):
-        return positions
-    if isinstance(positions, slice):
-        if any(p is not None and not isinstance(p, int) for p in (positions.start, positions.stop)):
-            raise TypeError(f"positions slice {positions} must have integer bounds")
-        if positions.step is not None and (
-            not isinstance(positions.step, int) or positions.step < 1
-        ):
-            raise ValueError(f"positions slice {positions} needs a positive step")
-        return positions
-    if isinstance(positions, Sequence) and all(
-        isinstance(p, int) and not isinstance(p, bool) for p in positions
-    ):
-        return tuple(positions)
-    raise TypeError(
-        "positions must be 'all', 'generated', an int, a slice or a list of ints, "
-        f"got {positions!r}"
-    )
-
-
-def _check_sae(sae) -> None:
-    if not (hasattr(sae, "W_dec") and hasattr(sae, "encode") and hasattr(sae, "d_sae")):
-        raise TypeError(f"expected a JumpReLUSAE, got {type(sae).__name__}")
-
-
-def _check_features(sae: JumpReLUSAE, features) -> tuple[int, ...]:
-    if isinstance(features, torch.Tensor):
-        features = features.reshape(-1).tolist()
-    if isinstance(features, int) and not isinstance(features, bool):
-        features = [features]
-    if not isinstance(features, Sequence) or isinstance(features, str):
-        raise TypeError(f"features must be an int or a list of ints, got {features!r}")
-    for f in features:
-        if not isinstance(f, int) or isinstance(f, bool):
-            raise TypeError(f"feature indices must be ints, got {f!r}")
-        if not 0 <= f < sae.d_sae:
-            raise ValueError(f"feature {f} does not exist: {sae!r} has features 0..{sae.d_sae - 1}")
-    return tuple(features)
-
-
-def _max_activation(stats: HasMaxActivation, sae: JumpReLUSAE, features) -> torch.Tensor:
-    """The features' typical maximum activations ``[k]`` from ``stats``, checked."""
-    max_act = getattr(stats, "max_activation", None)
-    if not isinstance(max_act, torch.Tensor) or max_act.shape != (sae.d_sae,):
-        got = tuple(max_act.shape) if isinstance(max_act, torch.Tensor) else type(stats).__name__
-        raise ValueError(
-            f"stats must carry max_activation [d_sae={sae.d_sae}] for {sae!r}, got {got}: pass "
-            "the FeatureStats computed for this SAE, or stats=None for raw units"
-        )
-    values = max_act.detach()[list(features)].float()
-    dead = [f for f, v in zip(features, values.tolist(), strict=True) if not v > 0]
-    if dead or not torch.isfinite(values).all():
-        raise ValueError(
-            f"features {dead or list(features)} have no usable max activation in stats (never "
-            "fired, or NaN); give the strength in raw units with stats=None"
-        )
-    return values
-
-
-def _check_device(sae: JumpReLUSAE, model: Model) -> None:
-    if sae.W_dec.device != model.device:
-        raise ValueError(
-            f"{sae!r} is on {sae.W_dec.device} but {model.name} is on {model.device}: "
-            f"move it with sae.to({str(model.device)!r})"
-        )
-
-
-def _describe_positions(positions: Positions) -> str:
-    return "" if positions == "all" else f", positions={positions!r}"
-
-
-# --- where a forward pass sits in the sequence -----------------------------------------------
-
-
-class _Cursor:
-    """Tracks the absolute position of the current forward pass (KV-cache aware).
-
-    A pre-hook on the text model reads the length of the KV cache it is given (found by type, so
-    renamed forward arguments don't matter) before the layers run. The prompt length for
-    ``"generated"`` is given, or else taken from the length of the last forward pass that started
-    with an empty cache (the prefill of a generation), as the first site of that pass sees it.
-    """
-
-    def __init__(self, prompt_length: int | None):
-        self.fixed = prompt_length
-        self.prompt_length = prompt_length
-        self.offset = 0
-        self.awaiting_prompt = False
-
-    def pre_hook(self, _module, args, kwargs) -> None:
-        self.offset = cached_length(find_cache(args, kwargs))
-        if self.fixed is None and self.offset == 0:
-            self.prompt_length, self.awaiting_prompt = None, True
-
-    def select(self, positions: Positions, n: int) -> slice | list[int] | None:
-        """Chunk-relative indices of ``positions`` in a pass of ``n`` tokens (``None``: none)."""
-        if self.awaiting_prompt:  # the prefill: every position in it is the prompt's
-            self.prompt_length, self.awaiting_prompt = n, False
-        lo, hi = self.offset, self.offset + n
-        if positions == "all":
-            return slice(None)
-        if positions == "generated":
-            start = hi if self.prompt_length is None else max(self.prompt_length, lo)
-            return _as_slice(start - lo, n)
-        if isinstance(positions, slice):
-            picked = range(hi)[positions]
-            if picked.step == 1:
-                return _as_slice(max(picked.start, lo) - lo, min(picked.stop, hi) - lo, n)
-            absolute = list(picked)
-        else:
-            absolute = [positions] if isinstance(positions, int) else list(positions)
-        rel = sorted({p + hi - lo if p < 0 else p - lo for p in absolute})
-        rel = [p for p in rel if 0 <= p < n]
-        if not rel:
-            return None
-        if rel == list(range(rel[0], rel[-1] + 1)):
-            return _as_slice(rel[0], rel[-1] + 1, n)
-        return rel
-
-
-def _as_slice(start: int, stop: int, n: int | None = None) -> slice | None:
-    n = stop if n is None else n
-    if start >= stop:
-        return None
-    return slice(None) if start <= 0 and stop >= n else slice(start, stop)
-
-
-def _add_at(x: torch.Tensor, where: slice | list[int], delta: torch.Tensor) -> torch.Tensor:
-    """``x`` with ``delta`` added at positions ``where`` of ``x [batch, pos, width]``."""
-    delta = delta.to(x.dtype)
-    if where == slice(None):
-        return x + delta
-    out = x.clone()
-    out[:, where] = out[:, where] + delta
-    return out
-
-
-# --- interventions -----------------------------------------------------------------------------
-
-
-@dataclass(eq=False, repr=False)
-class Add:
-    """Add ``strength * vector`` to ``site``.
-
-    Args:
-        site: where to add, such as ``"resid_post.6"``.
-        vector: a ``[width]`` direction (for example from :func:`steering_vector`), or
-            ``(sae, feature)`` for that feature's decoder row ``sae.W_dec[feature]``.
-        strength: raw units, or with ``stats`` a multiple of the feature's typical maximum
-            activation (``stats.max_activation[feature]``), as Neuronpedia's steering does.
-        positions: ``"all"``, ``"generated"``, an index, a slice or a list of indices.
-        stats: anything with ``max_activation [d_sae]`` (such as ``FeatureStats``).
-    """
-
-    site: str
-    vector: torch.Tensor | tuple
-    strength: float = 1.0
-    positions: Positions = "all"
-    stats: HasMaxActivation | None = None
-
-    def __post_init__(self):
-        self.strength = _finite(self.strength, "strength")
-        self.positions = _check_positions(self.positions)
-        self._scale = 1.0
-        if isinstance(self.vector, tuple):
-            if len(self.vector) != 2:
-                raise TypeError("vector=(sae, feature) takes exactly an SAE and a feature index")
-            sae, feature = self.vector
-            _check_sae(sae)
-            (feature,) = _check_features(sae, feature)
-            self.vector = (sae, feature)
-            if self.stats is not None:
-                self._scale = float(_max_activation(self.stats, sae, [feature])[0])
-        elif isinstance(self.vector, torch.Tensor):
-            if self.vector.dim() != 1 or self.vector.numel() == 0:
-                raise ValueError(
-                    f"vector must be one direction [width], got shape {tuple(self.vector.shape)}"
-                )
-            if not torch.isfinite(self.vector).all():
-                raise ValueError("vector holds NaN or infinite values; rebuild it")
-            if self.stats is not None:
-                raise ValueError(
-                    "stats= scales a feature's strength, but a raw vector has no feature: "
-                    "drop stats, or pass vector=(sae, feature)"
-                )
-        else:
-            raise TypeError(
-                "vector must be a [width] tensor or (sae, feature), "
-                f"got {type(self.vector).__name__}"
-            )
-
-    def __repr__(self) -> str:
-        if isinstance(self.vector, tuple):
-            what = f"feature {self.vector[1]} of {self.vector[0]!r}"
-        else:
-            what = f"vector of norm {float(self.vector.float().norm()):.3g}"
-        unit = " x max activation" if self.stats is not None else ""
-        where = _describe_positions(self.positions)
-        return f"Add({self.site}, {what}, strength={self.strength:g}{unit}{where})"
-
-    def direction(self) -> torch.Tensor:
-        """The vector added at strength 1: ``[width]`` (scaled by the max activation with stats)."""
-        if isinstance(self.vector, tuple):
-            sae, feature = self.vector
-            return sae.W_dec.detach()[feature] * self._scale
-        return self.vector.detach()
-
-    def _site_fns(self, model: Model, cursor: _Cursor) -> dict[str, HookFn]:
-        model.parse_site(self.site)
-        vec = self.direction()
-        width = model.site_width(self.site)
-        if isinstance(self.vector, tuple):
-            self.vector[0].check_model(model)
-        if vec.numel() != width:
-            raise ValueError(
-                f"the vector has {vec.numel()} values but {self.site} of {model.name} is {width} "
-                "wide: build it at this site (steering_vector(model, site, ...)) or use the site "
-                "it came from"
-            )
-        delta = (self.strength * vec).to(model.device)
-        positions = self.positions
-
-        def add(x: torch.Tensor) -> torch.Tensor | None:
-            where = cursor.select(positions, x.shape[1])
-            return None if where is None else _add_at(x, where, delta)
-
-        return {self.site: add}
-
-
-class _FeatureEdit:
-    """Shared by Clamp and Ablate: encode, move the chosen features to targets, write the change."""
-
-    sae: JumpReLUSAE
-    features: tuple[int, ...]
-    positions: Positions
-
-    def _targets(self) -> torch.Tensor | None:
-        return None
-
-    def _site_fns(self, model: Model, cursor: _Cursor) -> dict[str, HookFn]:
-        sae = self.sae
-        sae.check_model(model)
-        _check_device(sae, model)
-        if not self.features:
-            return {}
-        idx = torch.tensor(self.features, device=sae.W_dec.device)
-        rows = sae.W_dec.detach()[idx]  # [k, d_out]
-        targets = self._targets()
-        targets = None if targets is None else targets.to(rows)
-        positions = self.positions
-        pending: dict[str, object] = {}
-
-        def change(x: torch.Tensor) -> tuple[slice | list[int], torch.Tensor] | None:
-            where = cursor.select(positions, x.shape[1])
-            if where is None:
-                return None
-            # Encode the whole pass, not just the selected positions, so the values match
-            # sae.encode(x) bit for bit (matmul results depend on the batch shape).
-            f = sae.encode(x)[..., idx][:, where]  # [batch, n, k]
-            delta = -f if targets is None else targets - f
-            return where, delta @ rows
-
-        if not sae.is_transcoder:
-
-            def edit(x: torch.Tensor) -> torch.Tensor | None:
-                found = change(x)
-                return None if found is None else _add_at(x, *found)
-
-            return {sae.site_in: edit}
-
-        def read(x: torch.Tensor) -> None:
-            pending["change"] = change(x)
-
-        def write(x: torch.Tensor) -> torch.Tensor | None:
-            found = pending.pop("change", None)
-            return None if found is None else _add_at(x, *found)
-
-        return {sae.site_in: read, sae.site_out: write}
-
-
-@dataclass(eq=False, repr=False)
-class Clamp(_FeatureEdit):
-    """Set SAE features to ``value`` and keep the SAE's error term (nothing else changes).
-
-    The site's value ``x [batch, pos, d]`` becomes ``x + (value - f[feats]) @ W_dec[feats]``.
-    For a transcoder the features are read at ``mlp_in.L`` and the change is added to
-    ``mlp_out.L``.
-
-    Args:
-        sae: the SAE or transcoder whose features are edited.
-        features: one index or a list of them.
-        value: raw activation, or with ``stats`` a multiple of each feature's max activation.
-        positions: ``"all"``, ``"generated"``, an index, a slice or a list of indices.
-        stats: anything with ``max_activation [d_sae]`` (such as ``FeatureStats``).
-    """
-
-    sae: JumpReLUSAE
-    features: int | Sequence[int] | torch.Tensor
-    value: float
-    positions: Positions = "all"
-    stats: HasMaxActivation | None = None
-
-    def __post_init__(self):
-        _check_sae(self.sae)
-        self.features = _check_features(self.sae, self.features)
-        self.value = _finite(self.value, "value")
-        self.positions = _check_positions(self.positions)
-        if self.stats is not None and self.features:
-            _max_activation(self.stats, self.sae, self.features)
-
-    def __repr__(self) -> str:
-        unit = " x max activation" if self.stats is not None else ""
-        return (
-            f"Clamp({self.sae.site_in}, features {list(self.features)} to {self.value:g}{unit}"
-            f"{_describe_positions(self.positions)})"
-        )
-
-    def _targets(self) -> torch.Tensor:
-        value = torch.full((len(self.features),), self.value)
-        if self.stats is not None:
-            value = value * _max_activation(self.stats, self.sae, self.features)
-        return value
-
-
-@dataclass(eq=False, repr=False)
-class Ablate(_FeatureEdit):
-    """Set SAE features to zero and keep the SAE's error term (Clamp to 0).
-
-    Args:
-        sae: the SAE or transcoder whose features are removed.
-        features: one index or a list of them (an empty list changes nothing).
-        positions: ``"all"``, ``"generated"``, an index, a slice or a list of indices.
-    """
-
-    sae: JumpReLUSAE
-    features: int | Sequence[int] | torch.Tensor
-    positions: Positions = "all"
-
-    def __post_init__(self):
-        _check_sae(self.sae)
-        self.features = _check_features(self.sae, self.features)
-        self.positions = _check_positions(self.positions)
-
-    def __repr__(self) -> str:
-        return (
-            f"Ablate({self.sae.site_in}, features {list(self.features)}"
-            f"{_describe_positions(self.positions)})"
-        )
-
-
-Intervention = Add | Clamp | Ablate
-
-
-def _as_list(interventions) -> list:
-    if isinstance(interventions, (Add, Clamp, Ablate)):
-        return [interventions]
-    if isinstance(interventions, (str, torch.Tensor)) or not hasattr(interventions, "__iter__"):
-        raise TypeError(
-            "interventions must be a list of Add, Clamp or Ablate, "
-            f"got {type(interventions).__name__}"
-        )
-    return list(interventions)
-
-
-@contextmanager
-def intervene(
-    model: Model,
-    interventions: Intervention | Sequence[Intervention],
-    prompt_length: int | None = None,
-) -> Iterator[None]:
-    """Apply interventions to every forward pass inside the block; hooks are removed on exit.
-
-    Several interventions at one site apply in list order, each to the value the previous one
-    left. Everything is checked before any hook is registered.
-
-    Args:
-        model: the model to steer.
-        interventions: :class:`Add`, :class:`Clamp` and :class:`Ablate` objects.
-        prompt_length: where ``"generated"`` positions start. By default the length of the last
-            forward pass that began with an empty KV cache, so a plain forward pass has no
-            generated tokens and ``model.hf.generate`` steers only what it generates.
-
-    >>> with gsnb.analysis.steering.intervene(model, [Ablate(sae, [12, 40])]):
-    ...     logits = model("The cat sat on the")     # [batch, pos, vocab]
-    """
-    interventions = _as_list(interventions)
-    if prompt_length is not None and (not isinstance(prompt_length, int) or prompt_length < 0):
-        raise ValueError(f"prompt_length must be a non-negative int, got {prompt_length!r}")
-    cursor = _Cursor(prompt_length)
-    fns: dict[str, list[HookFn]] = {}
-    for item in interventions:
-        if not isinstance(item, (Add, Clamp, Ablate)):
-            raise TypeError(
-                f"{type(item).__name__} is not an intervention: use gsnb.analysis.steering.Add, Clamp or "
-                "Ablate"
-            )
-        for site, fn in item._site_fns(model, cursor).items():
-            fns.setdefault(site, []).append(fn)
-    handle = model.text_model.register_forward_pre_hook(cursor.pre_hook, with_kwargs=True)
-    try:
-        with model.hooks(fns):
-            yield
-    finally:
-        handle.remove()
+__all__ = [
+    "Ablate",
+    "Add",
+    "Clamp",
+    "Comparison",
+    "Intervention",
+    "StrengthSweep",
+    "compare",
+    "generate",
+    "intervene",
+    "steering_vector",
+    "strength_sweep",
+]
 
 
 # --- generation -----------------------------------------------------------------------------------
@@ -498,7 +73,7 @@ def _generate_ids(
         raise ValueError(f"generate takes one prompt, got a batch of {tokens.shape[0]}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    temperature = _finite(temperature, "temperature")
+    temperature = check_finite(temperature, "temperature")
     if temperature < 0:
         raise ValueError(f"temperature is {temperature}; use 0 for greedy or a positive number")
     n_prompt = tokens.shape[1]
@@ -607,7 +182,7 @@ def compare(
     """
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
-    interventions = _as_list(interventions)
+    interventions = as_interventions(interventions)
     seeds = [seed + i for i in range(samples)]
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature)
     default = [generate(model, prompt, [], seed=s, **kwargs) for s in seeds]
@@ -689,15 +264,13 @@ def strength_sweep(
     ...                        [0, 2, 4, 8], [" park", " shop"])
     >>> plots.strength_sweep(sweep.strengths, dict(zip(sweep.tokens, sweep.probs.T.tolist())))
     """
-    from gsnb.analysis.attribution import _token_id
-
     tokens = model._as_tokens(prompt)
     if tokens.shape[0] != 1:
         raise ValueError(f"strength_sweep takes one prompt, got a batch of {tokens.shape[0]}")
-    strengths = [_finite(s, "strength") for s in strengths]
+    strengths = [check_finite(s, "strength") for s in strengths]
     if not strengths or isinstance(target_tokens, (str, int)) or not target_tokens:
         raise ValueError("pass a non-empty list of strengths and a non-empty list of tokens")
-    ids = [_token_id(model, t) for t in target_tokens]
+    ids = [token_id(model, t) for t in target_tokens]
     rows = []
     for s in strengths:
         with intervene(model, intervention_factory(s)):

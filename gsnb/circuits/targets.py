@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from gsnb.analysis.attribution import Metric, _LogitDiff, _TokenMetric
+from gsnb.analysis.metrics import LogitDiff, Metric, TokenMetric
 
 Target = Metric | torch.Tensor | Mapping[str, Metric | torch.Tensor]
 """What ``trace(target=...)`` takes: :func:`gsnb.logit_diff`, a direction ``[d_model]``, or a
@@ -89,7 +89,7 @@ def custom_targets(model, W_U: torch.Tensor, target: Target) -> OutputTargets:
 def _direction(model, W_U: torch.Tensor, spec) -> tuple[torch.Tensor, str]:
     """``(direction [d_model], default label)`` of one target."""
     d_model = W_U.shape[1]
-    if isinstance(spec, _LogitDiff):
+    if isinstance(spec, LogitDiff):
         if spec.pos != -1:
             raise ValueError(
                 f"{spec!r} reads position {spec.pos}; a graph's targets sit at the last "
@@ -99,7 +99,7 @@ def _direction(model, W_U: torch.Tensor, spec) -> tuple[torch.Tensor, str]:
         text = [model.tokenizer.decode([t]) for t in (a, b)]
         rows = unembedding_rows(W_U, torch.tensor([a, b]))
         return rows[0] - rows[1], f"{text[0]} - {text[1]}"
-    if isinstance(spec, _TokenMetric):
+    if isinstance(spec, TokenMetric):
         raise ValueError(
             f"{spec!r} is not linear in the residual stream, so it cannot be a graph's target: "
             "use gsnb.logit_diff(a, b) or a direction [d_model]"

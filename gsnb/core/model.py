@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gsnb.analysis.steering import intervene as _intervene
 from gsnb.core import hooks as _hooks
 from gsnb.core.files import TMP_SUFFIX, publish_dir
 from gsnb.core.hub import offline
+from gsnb.core.interventions import intervene as _intervene
 from gsnb.core.kv_cache import cache_argument, find_cache
 from gsnb.core.sites import KINDS, Site, parse_site, site_names
 
