@@ -137,11 +137,6 @@ class JumpReLUSAE(nn.Module):
             out = out + x.to(self.W_skip.dtype) @ self.W_skip
         return out
 
-    @torch.no_grad()
-    def top_features(self, x: torch.Tensor, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``k`` most active features per position: ``(values, indices)``, each ``[..., k]``."""
-        return self.encode(x).topk(min(k, self.d_sae), dim=-1)
-
     # --- checks --------------------------------------------------------------------------------
 
     def check_model(self, model) -> None:
