@@ -201,7 +201,7 @@ def saelens_directory(peer, tmp_path) -> dict:
 
 
 def test_release_names_and_canonical_ids_agree_with_saelens(peer, tmp_path):
-    from gsnb.saes import releases
+    from gsnb.saes import release_ids, releases
 
     directory = saelens_directory(peer, tmp_path)
     gs2 = {k: v for k, v in directory["releases"].items() if k.startswith("gemma-scope-2-")}
@@ -221,14 +221,14 @@ def test_release_names_and_canonical_ids_agree_with_saelens(peer, tmp_path):
         # gsnb's canonical ids are exactly SAELens', each the same file and Neuronpedia source.
         assert releases.list_sae_ids(name) == sorted(lookup["paths"])
         for sae_id, path in lookup["paths"].items():
-            spec = releases._resolve(info, sae_id)
+            spec = release_ids.resolve(info, sae_id)
             assert (spec.folder, spec.neuronpedia_id) == (path, lookup["neuronpedia"][sae_id])
     # The 2B transcoders SAELens lists (Neuronpedia's set) are gsnb's canonical transcoders.
     transcoders = directory["releases"]["gemma-scope-2b-pt-transcoders"]
     info, _ = releases._release("gemma-scope-2b-pt-transcoders-canonical")
     for path in transcoders["paths"].values():
         layer = int(path.split("/")[0].removeprefix("layer_"))
-        spec = releases._resolve(info, f"layer_{layer}/width_16k/canonical")
+        spec = release_ids.resolve(info, f"layer_{layer}/width_16k/canonical")
         assert (spec.folder, spec.neuronpedia_id) == (path, transcoders["neuronpedia"][path])
 
 
