@@ -53,6 +53,15 @@ def test_attention_patterns_are_causal_softmax_rows_of_the_chosen_heads(model):
         props(token_views.attention_patterns(model, TEXT, 2, [0, 2]), "AttentionHeads")["attention"]
     )
     assert not torch.allclose(shown, other)
-    assert model.hf.config._attn_implementation == "eager"  # restored as the fixture set it
     with pytest.raises(ValueError, match=r"layer must be in \[0, 3\)"):
         token_views.attention_patterns(model, TEXT, layer=3)
+
+
+def test_attention_patterns_switch_to_eager_for_one_pass_only(gemma3):
+    gemma3.hf.set_attn_implementation("sdpa")
+    eager = gemma3.attention_patterns(TEXT)  # [layer, batch, head, q, k]
+    assert gemma3.hf.config._attn_implementation == "sdpa"
+    assert eager.shape == (gemma3.n_layers, 1, gemma3.n_heads, 7, 7)
+    with pytest.raises(IndexError):  # a pass that fails inside the model: id past the vocabulary
+        gemma3.attention_patterns(torch.tensor([[2, 10_000]]))
+    assert gemma3.hf.config._attn_implementation == "sdpa"

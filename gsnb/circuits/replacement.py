@@ -27,7 +27,6 @@ import torch
 
 from gsnb.circuits.targets import unembedding_blocks
 from gsnb.core.gemma import Gemma, norm_gain
-from gsnb.core.hooks import capture_fns
 from gsnb.core.sites import parse_site, transcoder_layer
 from gsnb.saes.clt import CrossLayerTranscoder, PerLayerTranscoders, reconstruct
 from gsnb.saes.sae import describe
@@ -129,17 +128,7 @@ def freeze_prompt(model, transcoders, tokens: torch.Tensor) -> FrozenPrompt:
         for site in (f"attn_out.{layer}", stack.input_site(layer), f"mlp_out.{layer}")
         + (f"resid_post.{layer}",)
     ]
-    # Attention probabilities come back only from the eager implementation.
-    previous = model.hf.config._attn_implementation
-    model.hf.set_attn_implementation("eager")
-    cache: dict[str, torch.Tensor] = {}
-    try:
-        with model._hooks(capture_fns([model.parse_site(s) for s in sites], cache, False)):
-            out = model.hf(
-                input_ids=tokens[None].to(model.device), output_attentions=True, use_cache=False
-            )
-    finally:
-        model.hf.set_attn_implementation(previous)
+    logits, patterns, cache = model.run_with_attention(tokens[None].to(model.device), sites)
     eps, gemma = model.config.rms_norm_eps, Gemma(model)
     cache = {k: v[0].float() for k, v in cache.items()}
     scales: dict[str, torch.Tensor] = {}
@@ -163,12 +152,12 @@ def freeze_prompt(model, transcoders, tokens: torch.Tensor) -> FrozenPrompt:
     return FrozenPrompt(
         tokens=tokens.cpu(),
         embed=cache["embed"],
-        patterns=[a[0].float() for a in out.attentions],
+        patterns=list(patterns[:, 0].float()),
         norm_scales=scales,
         mlp_in=mlp_in,
         errors=errors,
         activations=acts,
-        logits=out.logits[0].float(),
+        logits=logits[0].float(),
     )
 
 

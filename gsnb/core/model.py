@@ -273,17 +273,26 @@ class Model:
         return logits, {str(s): store[str(s)] for s in parsed}
 
     @torch.no_grad()
-    def attention_patterns(self, inputs) -> torch.Tensor:
-        """Attention probabilities ``[layer, batch, head, query, key]`` of every layer.
+    def run_with_attention(
+        self, inputs, sites: list[str] | tuple[str, ...] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One pass that keeps the attention probabilities and the values at ``sites``.
 
-        Only the eager attention implementation returns them, so it is switched on for this
-        one pass and the previous implementation restored after, even if the pass raises.
+        Only the eager attention implementation returns the probabilities, so it is switched on
+        for this pass and the previous implementation restored after, even if the pass raises.
+
+        Returns:
+            ``(logits [batch, pos, vocab], patterns [layer, batch, head, query, key],
+            {site: [batch, pos, width]})``.
         """
+        parsed = [self.parse_site(s) for s in sites]
         tokens = self._as_tokens(inputs)
+        store: dict[str, torch.Tensor] = {}
         previous = self.hf.config._attn_implementation
         self.hf.set_attn_implementation("eager")
         try:
-            out = self.hf(input_ids=tokens, output_attentions=True, use_cache=False)
+            with self._hooks(_hooks.capture_fns(parsed, store, False)):
+                out = self.hf(input_ids=tokens, output_attentions=True, use_cache=False)
         finally:
             self.hf.set_attn_implementation(previous)
         patterns = out.attentions
@@ -292,7 +301,11 @@ class Model:
                 f"{type(self.hf).__name__} returned no attention probabilities for "
                 "output_attentions=True; this transformers release is not one gsnb supports"
             )
-        return torch.stack(patterns)
+        return out.logits, torch.stack(patterns), {str(s): store[str(s)] for s in parsed}
+
+    def attention_patterns(self, inputs) -> torch.Tensor:
+        """Attention probabilities ``[layer, batch, head, query, key]`` of every layer."""
+        return self.run_with_attention(inputs)[1]
 
     intervene = _intervene
     """``with model.intervene([gsnb.Add(...), gsnb.Clamp(...)]):`` steers any forward pass."""
