@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import hashlib
 import itertools
 import json
 
@@ -113,10 +114,38 @@ def test_offline_corpus_drops_short_and_duplicate_documents(monkeypatch):
 
 def test_default_tokens_window_the_offline_corpus(gemma3):
     tokens = data.default_tokens(gemma3, n_windows=3, seq_len=16, progress=False)
-    docs = list(itertools.islice(data.offline_corpus(), 2))
-    stream = reference_stream(gemma3.tokenizer, docs)
+    train_docs = (d for d in data.offline_corpus() if not _in_eval(d))
+    stream = reference_stream(gemma3.tokenizer, list(itertools.islice(train_docs, 2)))
     assert (tokens[:, 0] == gemma3.tokenizer.bos_token_id).all()
     assert tokens[:, 1:].reshape(-1).tolist() == stream[:45]
+
+
+def _in_eval(doc: str) -> bool:
+    """Independent restatement of the split rule: the first 4 bytes of the blake2b hash of the
+    whitespace-normalised text, read big-endian, below 10% of 2**32."""
+    h = hashlib.blake2b(" ".join(doc.split()).encode(), digest_size=4).hexdigest()
+    return int(h, 16) < 0.1 * 2**32
+
+
+def test_train_and_eval_splits_are_disjoint_and_stable():
+    docs = list(itertools.islice(data.offline_corpus(), 400))
+    train = list(data.split_documents(docs, "train"))
+    held = list(data.split_documents(docs, "eval"))
+    assert set(train).isdisjoint(held) and len(train) + len(held) == len(docs)
+    assert 10 <= len(held) <= 80  # about 10% of 400
+    assert held == [d for d in docs if _in_eval(d)]
+    # A document's side does not depend on its neighbours or on whitespace.
+    assert list(data.split_documents(reversed(docs), "eval")) == held[::-1]
+    assert list(data.split_documents([" \n".join(held[0].split())], "eval")) != []
+    with pytest.raises(ValueError, match="'train'.*'eval'"):
+        list(data.split_documents(docs, "test"))
+
+
+def test_default_eval_windows_come_from_eval_documents(gemma3):
+    held = data.default_tokens(gemma3, n_windows=3, seq_len=16, split="eval", progress=False)
+    eval_docs = (d for d in data.offline_corpus() if _in_eval(d))
+    stream = reference_stream(gemma3.tokenizer, list(itertools.islice(eval_docs, 2)))
+    assert held[:, 1:].reshape(-1).tolist() == stream[:45]
 
 
 def test_read_texts_reads_txt_jsonl_folders_and_strings(tmp_path):

@@ -277,9 +277,44 @@ def special_token_mask(tokens: torch.Tensor, tokenizer_or_model) -> torch.Tensor
     return torch.isin(tokens, ids)
 
 
-def default_tokens(model, n_windows: int, seq_len: int, progress: bool = True) -> torch.Tensor:
+SPLITS = ("train", "eval")
+"""The two disjoint parts of a corpus that :func:`split_documents` draws."""
+
+EVAL_FRACTION = 0.1
+"""The share of documents :func:`split_documents` puts in ``"eval"``."""
+
+
+def split_documents(texts: Iterable[str], split: str) -> Iterator[str]:
+    """The documents of ``texts`` that fall in ``split`` (``"train"`` or ``"eval"``).
+
+    A document's split is decided by a hash of its whitespace-normalised text, so it does not
+    depend on the order or on which other documents are present: the same text is always on the
+    same side, ``"eval"`` holds about :data:`EVAL_FRACTION` of the documents, and windows cut
+    from the two sides share no document. Use it to hold out your own texts too:
+
+    >>> held_out = token_windows(model, split_documents(read_texts(folder), "eval"), 64, 128)
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: use 'train' (fit on it) or 'eval' (measure on it)")
+    cut = int(EVAL_FRACTION * 2**32)
+    for doc in texts:
+        digest = hashlib.blake2b(" ".join(doc.split()).encode(), digest_size=4).digest()
+        in_eval = int.from_bytes(digest, "big") < cut
+        if in_eval == (split == "eval"):
+            yield doc
+
+
+def default_tokens(
+    model, n_windows: int, seq_len: int, split: str = "train", progress: bool = True
+) -> torch.Tensor:
     """``[n_windows, seq_len]`` windows of the offline corpus for ``model`` (BOS first, CPU).
 
-    >>> tokens = default_tokens(model, n_windows=256, seq_len=128)
+    ``split="train"`` (what :func:`gsnb.small_suite` and streamed training read) and
+    ``split="eval"`` (for every evaluation and feature statistic) come from disjoint documents
+    (:func:`split_documents`), so a measurement on ``"eval"`` is on text the SAEs never saw.
+
+    >>> train = default_tokens(model, n_windows=256, seq_len=128)
+    >>> held_out = default_tokens(model, n_windows=64, seq_len=128, split="eval")
     """
-    return token_windows(model, offline_corpus(), n_windows, seq_len, progress=progress)
+    docs = split_documents(offline_corpus(), split)
+    return token_windows(model, docs, n_windows, seq_len, progress=progress)

@@ -57,7 +57,7 @@ def small_suite(
         "model": model.name,
         "targets": targets,
         "cfg": config_identity(cfg),
-        "data": "gsnb.core.data.default_tokens",
+        "data": "gsnb.core.data.default_tokens(split=train)",
     }
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root() / "suites" / digest
