@@ -53,6 +53,7 @@ _LAZY = {
     "PromptInspector": ("gsnb.viz.widgets", "PromptInspector"),
     "SteeringPlayground": ("gsnb.viz.widgets", "SteeringPlayground"),
     "GraphView": ("gsnb.viz.graph_view", "GraphView"),
+    "mode_banner": ("gsnb.viz.banner", "mode_banner"),
     "plots": ("gsnb.viz.plots", None),
     "token_views": ("gsnb.viz.token_views", None),
 }
@@ -115,6 +116,7 @@ __all__ = [
     "load_sae",
     "logit_diff",
     "logprob",
+    "mode_banner",
     "parse_site",
     "plots",
     "small_suite",
