@@ -157,3 +157,34 @@ def test_tracing_works_on_a_copy_and_leaves_the_clt_as_it_was():
     again = trace(model, wide, PROMPT, progress=False)
     assert wide.W_enc.dtype == torch.float64 and wide.W_dec[1].dtype == torch.float64
     torch.testing.assert_close(again.adjacency, graph.adjacency, rtol=1e-4, atol=1e-5)
+
+
+def test_lazy_decoders_give_the_eager_graph_and_hold_no_decoder_memory(tmp_path):
+    model = tiny_model("gemma3")
+    folder = random_clt(model).save(tmp_path / "clt")
+    eager = CrossLayerTranscoder.load(folder, progress=False)
+    lazy = CrossLayerTranscoder.load(folder, progress=False, lazy=True)
+    decoder_numbers = sum(d.numel() for d in eager.W_dec)
+    eager_numbers = sum(p.numel() for p in eager.parameters())
+    assert sum(p.numel() for p in lazy.parameters()) == eager_numbers - decoder_numbers
+    for s in range(eager.n_layers):
+        assert torch.equal(lazy.W_dec[s], eager.W_dec[s])
+    features = torch.tensor([0, 1, 2, 7, 9, 10, 31])
+    assert torch.equal(lazy.decoder_rows(1, features), eager.W_dec[1][features])
+    assert lazy.decoder_rows(2, features[:0]).shape == (0, 1, model.d_model)
+
+    a = trace(model, eager, PROMPT, progress=False)
+    b = trace(model, lazy, PROMPT, progress=False)
+    assert torch.equal(a.features, b.features)
+    assert torch.equal(a.adjacency, b.adjacency)
+    # Interventions read decoder rows beyond the prompt's active ones.
+    node = int(a.activations.argmax())
+    layer, pos, feat = a.features[node].tolist()
+    ia = a.intervene([(layer, pos, feat, 3.0)], freeze_attention=False)
+    ib = b.intervene([(layer, pos, feat, 3.0)], freeze_attention=False)
+    assert torch.equal(ia.measured, ib.measured)
+
+    # .to() reaches the decoders left on disk.
+    lazy.to(torch.float64)
+    assert lazy.W_enc.dtype == lazy.W_dec[0].dtype == lazy.decoder_rows(0, features).dtype
+    assert lazy.W_dec[0].dtype == torch.float64

@@ -33,6 +33,32 @@ def test_dtype_can_be_given(saved_tiny):
     assert model.device == torch.device("cpu")
 
 
+def test_load_model_places_the_weights_once(saved_tiny, monkeypatch):
+    """from_pretrained puts the weights on the device in the dtype; the loaded model is never
+    converted or moved after (which would hold two copies at once)."""
+    import transformers
+
+    original = transformers.AutoModelForCausalLM.from_pretrained
+    loaded = []
+
+    def from_pretrained(*args, **kwargs):
+        hf = original(*args, **kwargs)
+
+        def refuse(*a, **k):
+            raise AssertionError("load_model moved or converted the model after loading it")
+
+        for name in ("to", "float", "bfloat16", "half", "cuda", "cpu"):
+            monkeypatch.setattr(hf, name, refuse)
+        loaded.append(hf)
+        return hf
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    model = gsnb.load_model(str(saved_tiny[0]), device="cpu", dtype=torch.bfloat16)
+    assert model.hf is loaded[0]
+    assert {p.dtype for p in model.hf.parameters()} == {torch.bfloat16}
+    assert {p.device for p in model.hf.parameters()} == {torch.device("cpu")}
+
+
 def test_unknown_hub_id_offline_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))

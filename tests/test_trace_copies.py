@@ -1,10 +1,13 @@
-"""Tracing a bfloat16 model copies only what the replacement model reads: never the embedding
-(Gemma's unembedding too) nor the MLPs, and its graph agrees with the float32 trace."""
+"""Tracing runs on the model's and the transcoders' own weights: a bfloat16 model and bfloat16
+transcoders are never copied whole (the embedding, which is Gemma's unembedding too, the MLPs,
+the encoders and decoders), transcoders of another dtype or device are used as they are or
+refused, and the bfloat16 graph agrees with the float32 one."""
 
 from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from test_circuits import PROMPT, random_transcoders
 from tiny import tiny_hf, tiny_model, tiny_tokenizer
@@ -60,9 +63,19 @@ def common_nodes(a, b) -> tuple[torch.Tensor, torch.Tensor, int]:
     return nodes_a, nodes_b, len(keys)
 
 
-def test_tracing_a_bfloat16_model_never_copies_its_embedding_or_mlps():
+def rounded_transcoders(model):
+    """Random transcoders with weights on bfloat16's grid: a float32 set and a bfloat16 copy."""
+    full = random_transcoders(model)
+    with torch.no_grad():
+        for tc in full:
+            for param in tc.parameters():
+                param.copy_(param.bfloat16().float())
+    return full, [copy.deepcopy(tc).to(torch.bfloat16) for tc in full]
+
+
+def test_tracing_bfloat16_weights_never_copies_them_and_matches_float32():
     full, half = models()
-    transcoders = random_transcoders(full)
+    transcoders, half_transcoders = rounded_transcoders(full)
     text = half.text_model
     watched = {"embedding": text.embed_tokens.weight}
     for layer, block in enumerate(text.layers):
@@ -70,15 +83,19 @@ def test_tracing_a_bfloat16_model_never_copies_its_embedding_or_mlps():
             watched[f"mlp.{proj}.{layer}"] = getattr(block.mlp, proj).weight
         for proj in ("q_proj", "k_proj"):  # attention scores come frozen from the prompt
             watched[f"attn.{proj}.{layer}"] = getattr(block.self_attn, proj).weight
+        watched[f"W_enc.{layer}"] = half_transcoders[layer].W_enc
+        watched[f"W_dec.{layer}"] = half_transcoders[layer].W_dec
     assert half.hf.get_output_embeddings().weight.data_ptr() == text.embed_tokens.weight.data_ptr()
     direction = torch.randn(full.d_model, generator=torch.Generator().manual_seed(0))
 
     watch = CopyWatch(watched)
     with watch:
-        graph = trace(half, transcoders, PROMPT, progress=False, target=direction)
+        graph = trace(half, half_transcoders, PROMPT, progress=False, target=direction)
     embedding = text.embed_tokens.weight.numel()
     big = [(name, n) for name, n in watch.copies if name != "embedding" or n >= embedding]
-    assert big == [], f"copies of the model's large weights: {big}"
+    assert big == [], f"copies of the model's or the transcoders' large weights: {big}"
+    assert all(tc.W_enc.dtype == torch.bfloat16 for tc in half_transcoders)
+    assert graph.context.replacement.frozen.embed.dtype == torch.float32
 
     # The float32 trace of the same weights: the same graph up to bfloat16's rounding of the
     # forward pass (which may move a feature across its threshold).
@@ -95,14 +112,26 @@ def test_tracing_a_bfloat16_model_never_copies_its_embedding_or_mlps():
     expected = reference.adjacency[ref_nodes][:, ref_nodes]
     assert float((edges - expected).norm() / expected.norm()) < 0.02
     assert float((edges - expected).abs().max()) < 0.03 * float(expected.abs().max())
+    nonzero = (edges != 0) | (expected != 0)
+    r = torch.corrcoef(torch.stack([edges[nonzero], expected[nonzero]]))[0, 1]
+    assert float(r) >= 0.99
 
 
-def test_per_layer_transcoders_off_float32_trace_on_a_copy_and_stay_as_they_were():
+def test_transcoders_of_another_dtype_are_used_as_they_are():
     model = tiny_model("gemma3")
     transcoders = random_transcoders(model)
     wide = [copy.deepcopy(tc).double() for tc in transcoders]
     graph = trace(model, transcoders, PROMPT, progress=False)
     again = trace(model, wide, PROMPT, progress=False)
     assert all(tc.W_enc.dtype == tc.W_dec.dtype == torch.float64 for tc in wide)
-    assert again.context.replacement.stack.transcoders[0].W_enc.dtype == torch.float32
+    assert again.context.replacement.stack.transcoders[0] is wide[0]
     torch.testing.assert_close(again.adjacency, graph.adjacency, rtol=1e-4, atol=1e-5)
+
+
+def test_transcoders_on_another_device_are_refused_with_the_fix():
+    model = tiny_model("gemma3")
+    elsewhere = [tc.to("meta") for tc in random_transcoders(model)]
+    with pytest.raises(
+        ValueError, match=r"layer 0 is on meta but the model is on cpu.*\.to\('cpu'\)"
+    ):
+        trace(model, elsewhere, PROMPT, progress=False)

@@ -37,13 +37,17 @@ class ActiveFeatures(NamedTuple):
 
 
 def active_features(frozen: FrozenPrompt) -> ActiveFeatures:
-    """Phase 2 of tracing: every feature active on the prompt is a candidate node."""
+    """Phase 2 of tracing: every feature active on the prompt is a candidate node (on the frozen
+    prompt's device)."""
     by_layer = [f.nonzero() for f in frozen.activations]  # each [n_active, 2] (pos, feature)
     offsets = [0]
     for a in by_layer:
         offsets.append(offsets[-1] + len(a))
+    device = frozen.embed.device
     return ActiveFeatures(
-        layer=torch.cat([torch.full((len(a),), layer) for layer, a in enumerate(by_layer)]),
+        layer=torch.cat(
+            [torch.full((len(a),), layer, device=device) for layer, a in enumerate(by_layer)]
+        ),
         pos=torch.cat([a[:, 0] for a in by_layer]),
         index=torch.cat([a[:, 1] for a in by_layer]),
         activation=torch.cat(
@@ -56,19 +60,25 @@ def active_features(frozen: FrozenPrompt) -> ActiveFeatures:
 
 class EdgeRows:
     """Phase 4 of tracing: rows ``[batch, n_sources]`` of direct effects on a batch of targets
-    (output nodes, or active features' pre-activations)."""
+    (output nodes, or active features' pre-activations), float32 on the model's device.
+
+    It reads the transcoders where they are, in their dtype: the decoder rows of the active
+    features (gathered once, read from disk for lazy decoders) and, per batch, the encoder
+    columns of the targets; nothing else of them is copied."""
 
     def __init__(self, rm: ReplacementModel, active: ActiveFeatures):
         self.rm, self.active = rm, active
         self.n_pos, self.d_model = rm.frozen.embed.shape
+        self.device = rm.frozen.embed.device
         self.n_features = len(active)
         self.n_sources = self.n_features + (rm.stack.n_layers + 1) * self.n_pos
-        stack = rm.stack
-        # dec_rows[s]: [n_active_s, n_targets_s, d] decoder rows of the active features of s.
-        self.dec_rows = [
-            stack.decoders(s).detach().float()[a[:, 1]] for s, a in enumerate(active.by_layer)
-        ]
-        self.enc_cols = [stack.encoder(layer).detach().float() for layer in range(stack.n_layers)]
+        # Per source layer: its active features' unique decoder rows [m, n_targets, d], and
+        # for each active (pos, feature) the row it uses.
+        self.dec_rows, self.row_of = [], []
+        for s, a in enumerate(active.by_layer):
+            features, rows = rm.rows.get(s, rm.frozen.activations[s])
+            self.dec_rows.append(rows)
+            self.row_of.append(torch.searchsorted(features, a[:, 1]))
         # Active features grouped by position, so each layer's feature edges are one small
         # matmul per position instead of a [batch, n_active, d_model] product.
         self.by_pos = [
@@ -79,7 +89,8 @@ class EdgeRows:
         """``[n_outputs, n_sources]`` rows of the output nodes reading ``directions
         [n_outputs, d_model]`` at the last position, through the frozen final norm."""
         rm, frozen = self.rm, self.rm.frozen
-        g_final = torch.zeros(len(directions), self.n_pos, self.d_model)
+        g_final = torch.zeros(len(directions), self.n_pos, self.d_model, device=self.device)
+        directions = directions.to(self.device, torch.float32)
         g_final[:, -1] = directions * rm.g_final * frozen.norm_scales["final"][-1]
         return self._from_sweep(*rm.sweep_back({}, g_final))
 
@@ -91,9 +102,9 @@ class EdgeRows:
         layers = active.layer[indices]
         for layer in layers.unique().tolist():
             sel = (layers == layer).nonzero().flatten()
-            g = torch.zeros(len(indices), self.n_pos, self.d_model)
+            g = torch.zeros(len(indices), self.n_pos, self.d_model, device=self.device)
             pos = active.pos[indices[sel]]
-            col = self.enc_cols[layer][:, active.index[indices[sel]]].T
+            col = rm.stack.encoder(layer)[:, active.index[indices[sel]]].float().T
             scale = rm.frozen.norm_scales[f"pre_ff.{layer}"][pos][:, None] * rm.layers[layer].g_tc
             g[sel, pos] = col * scale
             inject[layer] = g
@@ -105,7 +116,7 @@ class EdgeRows:
         """Rows ``[batch, n_sources]`` from the gradients of one sweep."""
         frozen, offsets = self.rm.frozen, self.active.offsets
         n_feat, n_pos = self.n_features, self.n_pos
-        row = torch.zeros(at_embed.shape[0], self.n_sources)
+        row = torch.zeros(at_embed.shape[0], self.n_sources, device=self.device)
         for layer, g in enumerate(at_mlp_out):
             if g is None:  # no target of this batch sits above this layer
                 continue
@@ -118,7 +129,8 @@ class EdgeRows:
             acts = self.active.activation[offsets[layer] : offsets[layer + 1]]
             for pos, members in enumerate(self.by_pos[layer]):
                 if len(members):
-                    dec = self.dec_rows[layer][members, : len(grads)].flatten(1)  # [m, k * d]
+                    which = self.row_of[layer][members]
+                    dec = self.dec_rows[layer][which, : len(grads)].flatten(1).float()  # [m, k*d]
                     block[:, members] = (stacked[:, pos].flatten(1) @ dec.T) * acts[members]
             row[:, n_feat + layer * n_pos : n_feat + (layer + 1) * n_pos] = (
                 g * frozen.errors[layer]

@@ -63,7 +63,12 @@ class Graph:
     """``[n_logits]`` their probabilities."""
     logit_strings: list[str]
     adjacency: torch.Tensor
-    """``[n_nodes, n_nodes]`` direct effects, ``adjacency[target, source]``."""
+    """``[n_nodes, n_nodes]`` direct effects, ``adjacency[target, source]``, float32 on the CPU.
+
+    Dense over the graph's nodes only: the visited features (at most ``max_feature_nodes``),
+    the error nodes, the tokens and the outputs; the active features that were not visited are
+    not nodes, so its size is set by the budget, not by how many features fire. Only the
+    feature and output rows hold edges (errors and tokens have no inputs)."""
     transcoder_ids: list[str] = field(default_factory=list)
     n_active_features: int = 0
     """Active features on the prompt, visited or not (``n_features`` were visited)."""

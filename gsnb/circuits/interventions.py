@@ -14,7 +14,7 @@ import torch
 
 from gsnb.circuits.graph import Graph
 from gsnb.circuits.replacement import ReplacementModel, Stack, edit_features
-from gsnb.saes.clt import reconstruct
+from gsnb.saes.clt import ActiveRows, reconstruct
 
 _MODES = ("scale", "set")
 
@@ -89,7 +89,7 @@ class TraceContext:
                 final = self.replacement.forward(**edit, recompute_features=True, unembed=False)
             else:
                 final = self._live_forward(graph.prompt_tokens, **edit)
-            return final[-1] @ self.directions.T
+            return final[-1].cpu() @ self.directions.T
 
         # The baseline runs the same code with no change, so an edit to the prompt's own values
         # changes nothing bit for bit.
@@ -108,6 +108,7 @@ class TraceContext:
         errors = self.replacement.frozen.errors
         inputs: dict[int, torch.Tensor] = {}
         acts_by_layer: list[torch.Tensor] = []
+        rows = ActiveRows(stack)
 
         def read(layer):
             def hook(x):
@@ -121,7 +122,7 @@ class TraceContext:
                 acts = stack.encode(layer, x).float()
                 edit_features(acts, layer, feature_scale, feature_values)
                 acts_by_layer.append(acts)
-                new = reconstruct(stack, acts_by_layer, layer, x) + errors[layer].to(acts.device)
+                new = reconstruct(stack, acts_by_layer, layer, x, rows) + errors[layer]
                 return new[None].to(out.dtype)
 
             return hook

@@ -13,9 +13,11 @@ residual stream. :meth:`ReplacementModel.sweep_back` is the hand-written transpo
 function (one sweep down the layers for a batch of targets), from which
 :mod:`gsnb.circuits.tracing` reads the attribution graph's edges.
 
-The replacement model reads only the attention's value and output projections and the norm
-gains of each layer (copied in float32 to where the frozen prompt lies, a few small matrices per
-layer) and the unembedding, which it never copies whole: it converts blocks of rows as it goes.
+Everything runs where the model is (its device), with the model's and the transcoders' weights
+in their own dtype, never copied: the replacement model reads the attention's value and output
+projections and the norm gains of each layer, converting one layer's matrices to float32 for
+the matmul that needs them, and the unembedding in blocks of rows. What it computes (the frozen
+prompt, gradients, edges) is float32.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from gsnb.circuits.targets import unembedding_blocks
 from gsnb.core.gemma import Gemma, norm_gain
 from gsnb.core.sites import parse_site, transcoder_layer
-from gsnb.saes.clt import CrossLayerTranscoder, PerLayerTranscoders, reconstruct
+from gsnb.saes.clt import ActiveRows, CrossLayerTranscoder, PerLayerTranscoders, reconstruct
 from gsnb.saes.sae import describe
 
 Stack = CrossLayerTranscoder | PerLayerTranscoders
@@ -49,7 +51,7 @@ def check_transcoders(model, transcoders) -> Stack:
     naming the layer otherwise."""
     if isinstance(transcoders, CrossLayerTranscoder):
         transcoders.check_model(model)
-        return transcoders
+        return _check_device(model, transcoders)
     if isinstance(transcoders, PerLayerTranscoders):
         transcoders = transcoders.transcoders
     if isinstance(transcoders, dict):
@@ -73,12 +75,27 @@ def check_transcoders(model, transcoders) -> Stack:
                 f"mlp_in.{layer} or mlp_normalized.{layer} and writes mlp_out.{layer}"
             )
         tc.check_model(model)
-    return PerLayerTranscoders(ordered)
+    return _check_device(model, PerLayerTranscoders(ordered))
+
+
+def _check_device(model, stack: Stack) -> Stack:
+    """``stack`` if every layer's encoder is on the model's device; a ``ValueError`` with the
+    fix otherwise (tracing runs where the model is and copies nothing)."""
+    for layer in range(stack.n_layers):
+        found = stack.encoder(layer).device
+        if found != torch.device(model.device):
+            raise ValueError(
+                f"the transcoder of layer {layer} is on {found} but the model is on "
+                f"{model.device}: tracing runs where the model is and copies neither; move them "
+                f"with .to({str(model.device)!r}) or load them with device={str(model.device)!r}"
+            )
+    return stack
 
 
 @dataclass
 class FrozenPrompt:
-    """Everything the local replacement model freezes on one prompt (float32, one sequence)."""
+    """Everything the local replacement model freezes on one prompt (float32, one sequence, on
+    the model's device)."""
 
     tokens: torch.Tensor
     """``[pos]`` token ids."""
@@ -131,6 +148,7 @@ def freeze_prompt(model, transcoders, tokens: torch.Tensor) -> FrozenPrompt:
     logits, patterns, cache = model.run_with_attention(tokens[None].to(model.device), sites)
     eps, gemma = model.config.rms_norm_eps, Gemma(model)
     cache = {k: v[0].float() for k, v in cache.items()}
+    rows = ActiveRows(stack)
     scales: dict[str, torch.Tensor] = {}
     resid = cache["embed"]
     mlp_in, acts = [], []
@@ -146,7 +164,7 @@ def freeze_prompt(model, transcoders, tokens: torch.Tensor) -> FrozenPrompt:
         resid = cache[f"resid_post.{layer}"]
     scales["final"] = _rms_scale(resid, eps)
     errors = [
-        cache[f"mlp_out.{layer}"] - reconstruct(stack, acts, layer, mlp_in[layer])
+        cache[f"mlp_out.{layer}"] - reconstruct(stack, acts, layer, mlp_in[layer], rows)
         for layer in range(model.n_layers)
     ]
     return FrozenPrompt(
@@ -162,12 +180,13 @@ def freeze_prompt(model, transcoders, tokens: torch.Tensor) -> FrozenPrompt:
 
 
 class LayerWeights(NamedTuple):
-    """What the replacement model reads of one layer (float32, beside the frozen prompt)."""
+    """What the replacement model reads of one layer: the projections as the model holds them
+    (its dtype, not copied), the gains in float32 beside the frozen prompt."""
 
     W_v: torch.Tensor
-    """``[n_kv_heads * head_dim, d_model]`` value projection."""
+    """``[n_kv_heads * head_dim, d_model]`` value projection (the model's tensor)."""
     W_o: torch.Tensor
-    """``[d_model, n_heads * head_dim]`` output projection."""
+    """``[d_model, n_heads * head_dim]`` output projection (the model's tensor)."""
     g_in: torch.Tensor
     """``[d_model]`` gain of the pre-attention norm."""
     g_pa: torch.Tensor
@@ -183,14 +202,12 @@ def layer_weights(gemma: Gemma, stack: Stack, layer: int, device: torch.device) 
     g_tc = norm_gain(block.pre_feedforward_layernorm)
     if parse_site(stack.input_site(layer)).kind != "mlp_in":
         g_tc = torch.ones_like(g_tc)
-    tensors = (
-        block.self_attn.v_proj.weight,
-        block.self_attn.o_proj.weight,
-        norm_gain(block.input_layernorm),
-        norm_gain(block.post_attention_layernorm),
-        g_tc,
+    gains = (norm_gain(block.input_layernorm), norm_gain(block.post_attention_layernorm), g_tc)
+    return LayerWeights(
+        block.self_attn.v_proj.weight.detach(),
+        block.self_attn.o_proj.weight.detach(),
+        *(t.detach().to(device=device, dtype=torch.float32) for t in gains),
     )
-    return LayerWeights(*(t.detach().to(device=device, dtype=torch.float32) for t in tensors))
 
 
 class ReplacementModel:
@@ -198,7 +215,7 @@ class ReplacementModel:
 
     ``forward`` recomputes the logits from the embeddings with the frozen attention and norms;
     ``sweep_back`` is the exact transpose used to compute attribution rows. It runs where
-    ``frozen`` lies (see :meth:`FrozenPrompt.to`), with the transcoders where they are.
+    ``frozen`` lies (the model's device), with the model and the transcoders as they are.
     """
 
     def __init__(self, model, transcoders, frozen: FrozenPrompt):
@@ -209,7 +226,9 @@ class ReplacementModel:
         gemma, device = Gemma(model), frozen.embed.device
         self.softcap = gemma.logit_softcap
         self.layers = [layer_weights(gemma, self.stack, L, device) for L in range(model.n_layers)]
-        self.g_final = gemma.final_gain().to(device)
+        self.g_final = gemma.final_gain().to(device=device, dtype=torch.float32)
+        self.rows = ActiveRows(self.stack)
+        """Decoder rows of the active features, gathered once and shared by every pass."""
         self.W_U = gemma.unembedding()
         """``[vocab, d_model]`` the model's unembedding, in its dtype and device (not copied)."""
 
@@ -217,10 +236,10 @@ class ReplacementModel:
         """Frozen-pattern attention update ``[..., pos, d] -> [..., pos, d]``."""
         p, s = self.layers[layer], self.frozen.norm_scales
         x = resid * s[f"input.{layer}"][:, None] * p.g_in
-        v = (x @ p.W_v.T).unflatten(-1, (self.n_kv, self.head_dim))
+        v = (x @ p.W_v.float().T).unflatten(-1, (self.n_kv, self.head_dim))
         v = v.repeat_interleave(self.n_heads // self.n_kv, dim=-2)
         heads = torch.einsum("hqk,...khd->...qhd", self.frozen.patterns[layer], v)
-        update = heads.flatten(-2) @ p.W_o.T
+        update = heads.flatten(-2) @ p.W_o.float().T
         return update * s[f"post_attn.{layer}"][:, None] * p.g_pa
 
     def mlp_input(self, layer: int, resid_mid: torch.Tensor) -> torch.Tensor:
@@ -263,7 +282,7 @@ class ReplacementModel:
             )
             edit_features(acts, layer, feature_scale, feature_values)
             all_acts.append(acts)
-            out = reconstruct(self.stack, all_acts, layer, x) + self.frozen.errors[layer]
+            out = reconstruct(self.stack, all_acts, layer, x, self.rows) + self.frozen.errors[layer]
             resid = resid_mid + out
         final = resid * self.frozen.norm_scales["final"][:, None] * self.g_final
         if not unembed:
@@ -306,10 +325,10 @@ class ReplacementModel:
             if layer in inject:
                 grad_mid = grad_mid + inject[layer]
             g_update = grad_mid * s[f"post_attn.{layer}"][:, None] * p.g_pa
-            g_heads = (g_update @ p.W_o).unflatten(-1, (self.n_heads, self.head_dim))
+            g_heads = (g_update @ p.W_o.float()).unflatten(-1, (self.n_heads, self.head_dim))
             g_v = torch.einsum("hqk,bqhd->bkhd", self.frozen.patterns[layer], g_heads)
             g_v = g_v.unflatten(-2, (self.n_kv, self.n_heads // self.n_kv)).sum(-2).flatten(-2)
-            g_x = g_v @ p.W_v
+            g_x = g_v @ p.W_v.float()
             grad = grad_mid + g_x * p.g_in * s[f"input.{layer}"][:, None]
         return at_mlp_out, grad
 

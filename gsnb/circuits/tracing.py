@@ -7,13 +7,18 @@ adjacency costs a few small matmuls per layer instead of a backward pass through
 
 The phases, named as circuit-tracer names its own:
 
-1. :func:`prepare`: run the model once, freeze the prompt, build the replacement model on the
-   CPU in float32 (copying the transcoders only where they are elsewhere).
+1. :func:`prepare`: run the model once, freeze the prompt, build the replacement model, all on
+   the model's device; weights stay in their dtype, what is computed is float32.
 2. :func:`active_features`: the graph's candidate feature nodes.
 3. :func:`salient_outputs`: the output nodes (top logits, or custom targets).
 4. :class:`gsnb.circuits.edges.EdgeRows`: rows of direct effects, from one sweep per batch.
 5. :func:`visit_features`: features' rows in order of estimated influence on the outputs.
-6. :func:`assemble_graph`: the adjacency and the :class:`gsnb.Graph`.
+6. :func:`assemble_graph`: the adjacency and the :class:`gsnb.Graph`, on the CPU.
+
+Memory grows with the features visited, not with all those active: only visited features' rows
+are kept (``[n_visited, n_sources]``, in host memory when the GPU has no room for them), and
+the graph's adjacency spans the visited features, the error nodes, the tokens and the outputs.
+The progress bar's last line gives the peak memory.
 
 ``ReplacementModel``, ``freeze_prompt``, ``as_stack`` and ``intervene`` are importable from
 here too, as before.
@@ -21,11 +26,11 @@ here too, as before.
 
 from __future__ import annotations
 
-import copy
+import resource
+import sys
 from typing import NamedTuple
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from gsnb.circuits.edges import EdgeRows, active_features
@@ -42,7 +47,6 @@ from gsnb.circuits.replacement import (
     freeze_prompt,
 )
 from gsnb.circuits.targets import OutputTargets, Target, custom_targets, top_logits
-from gsnb.saes.clt import CrossLayerTranscoder, PerLayerTranscoders
 
 __all__ = [
     "FrozenPrompt",
@@ -119,14 +123,12 @@ def trace(
 
 
 def prepare(model, stack: Stack, tokens: torch.Tensor) -> ReplacementModel:
-    """Phase 1: the replacement model of ``tokens [pos]``, on the CPU in float32.
+    """Phase 1: the replacement model of ``tokens [pos]``, where the model is.
 
-    The prompt runs where the model is; the frozen prompt then moves to the CPU. The replacement
-    model reads the model's small per-layer weights from there, and the transcoders are copied
-    to the CPU only when they are elsewhere or not float32 (never the model's embeddings or
-    MLPs: the replacement model does not read them)."""
+    The model and the transcoders are read as they are (device, dtype); nothing of either is
+    copied whole."""
     frozen = freeze_prompt(model, stack, tokens.to(model.device))
-    return ReplacementModel(model, _cpu_stack(stack), frozen.to("cpu"))
+    return ReplacementModel(model, stack, frozen)
 
 
 def salient_outputs(
@@ -159,50 +161,69 @@ def visit_features(
 ) -> Visited:
     """Phase 5: compute features' rows ``batch_size`` at a time, in order of estimated influence
     on the outputs (``logit_rows [n_outputs, n_sources]`` weighted by ``logit_weights
-    [n_outputs]``), recomputed as rows arrive, until ``budget`` features are done. Only visited
-    rows are kept, so memory grows with the budget, not with the active features."""
-    n_feat = rows.n_features
-    order: list[torch.Tensor] = []
-    done: list[torch.Tensor] = []
-    visited = torch.zeros(n_feat, dtype=torch.bool)
+    [n_outputs]``), recomputed as rows arrive, until ``budget`` features are done.
+
+    Only visited rows are kept: ``[budget, n_sources]`` float32, on the GPU when it has room for
+    them (else in host memory), beside their normalised feature block ``[budget, n_features]``
+    that the influence estimate reads. The returned rows are on the CPU."""
+    n_feat, device = rows.n_features, rows.device
     budget = min(budget, n_feat)
+    store = _store_device(device, budget * rows.n_sources * 4)
+    kept = torch.empty(budget, rows.n_sources, device=store)
+    block = torch.empty(budget, n_feat, device=device)  # |row| / sum|row|, feature sources only
+    order = torch.empty(budget, dtype=torch.long, device=device)
+    visited = torch.zeros(n_feat, dtype=torch.bool, device=device)
+    direct = logit_weights.to(device) @ normalize(logit_rows.to(device))[:, :n_feat]
+    done = 0
     bar = tqdm(total=budget, desc="attribution", disable=not progress, unit="feature")
-    while int(visited.sum()) < budget:
-        influence = _feature_influence(logit_rows, order, done, logit_weights, n_feat)
+    while done < budget:
+        influence = _feature_influence(direct, order[:done], block[:done])
         influence[visited] = -1.0
-        take = min(batch_size, budget - int(visited.sum()))
+        take = min(batch_size, budget - done)
         chosen = influence.topk(take).indices
-        order.append(chosen)
-        done.append(rows.of_features(chosen))
+        new = rows.of_features(chosen)
+        kept[done : done + take] = new.to(store)
+        block[done : done + take] = normalize(new)[:, :n_feat]
+        order[done : done + take] = chosen
         visited[chosen] = True
+        done += take
         bar.update(take)
+    bar.set_postfix_str(f"peak memory {_peak_memory(device)}")
     bar.close()
-    if not order:
-        return Visited(torch.zeros(0, dtype=torch.long), torch.zeros(0, rows.n_sources))
-    return Visited(torch.cat(order), torch.cat(done))
+    return Visited(order.cpu(), kept.cpu())
 
 
 def _feature_influence(
-    logit_rows: torch.Tensor,
-    visited: list[torch.Tensor],
-    rows: list[torch.Tensor],
-    logit_weights: torch.Tensor,
-    n_feat: int,
+    direct: torch.Tensor, visited: torch.Tensor, block: torch.Tensor
 ) -> torch.Tensor:
-    """``[n_feat]`` estimated influence of every feature on the outputs, from the output rows and
-    the feature rows computed so far (rows normalised over all their sources, as in pruning)."""
-    total = logit_weights @ normalize(logit_rows)[:, :n_feat]
-    if not visited:
-        return total
-    index = torch.cat(visited)
-    feature_block = normalize(torch.cat(rows))[:, :n_feat]  # only these rows are nonzero
-    current = total
-    for _ in range(n_feat):
-        current = current[index] @ feature_block
+    """``[n_feat]`` estimated influence of every feature on the outputs: the outputs' direct
+    normalised effects ``direct [n_feat]`` plus their propagation through the normalised rows
+    ``block [n_visited, n_feat]`` of the features visited so far (``visited [n_visited]``, the
+    only rows that are nonzero; rows normalised over all their sources, as in pruning)."""
+    total, current = direct, direct
+    for _ in range(len(direct)):
+        current = current[visited] @ block
         if float(current.abs().sum()) < 1e-12:
             break
         total = total + current
     return total
+
+
+def _store_device(device: torch.device, n_bytes: int) -> torch.device:
+    """Where visited rows are kept: on a GPU while they take under half its free memory, else
+    in host memory."""
+    if device.type == "cuda" and n_bytes < torch.cuda.mem_get_info(device)[0] / 2:
+        return device
+    return torch.device("cpu")
+
+
+def _peak_memory(device: torch.device) -> str:
+    """The peak memory so far: allocated on a GPU, else the process's peak resident size."""
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (GPU)"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak = peak if sys.platform == "darwin" else peak * 1024
+    return f"{peak / 2**30:.2f} GiB (RSS)"
 
 
 def assemble_graph(
@@ -217,6 +238,8 @@ def assemble_graph(
     nodes, the tokens and the outputs (``logit_rows [n_outputs, n_sources]``), with their rows
     of direct effects."""
     frozen, active = rows.rm.frozen, rows.active
+    layer, pos, index = active.layer.cpu(), active.pos.cpu(), active.index.cpu()
+    logit_rows = logit_rows.cpu()
     n_feat, n_sources = len(active), rows.n_sources
     keep = visited.order.sort().values
     feature_rows = visited.rows[visited.order.argsort()]
@@ -231,8 +254,8 @@ def assemble_graph(
         prompt_tokens=frozen.tokens,
         str_tokens=model.to_str_tokens(frozen.tokens),
         n_layers=model.n_layers,
-        features=torch.stack([active.layer[keep], active.pos[keep], active.index[keep]], dim=1),
-        activations=active.activation[keep],
+        features=torch.stack([layer[keep], pos[keep], index[keep]], dim=1),
+        activations=active.activation.cpu()[keep],
         logit_tokens=outputs.tokens,
         logit_probabilities=outputs.weights,
         logit_strings=outputs.labels,
@@ -241,32 +264,3 @@ def assemble_graph(
         neuronpedia_ids=stack.neuronpedia_ids(),
         n_active_features=n_feat,
     )
-
-
-def _cpu_stack(stack: Stack) -> Stack:
-    """The stack with float32 weights on the CPU (its transcoders themselves where they are)."""
-    if isinstance(stack, CrossLayerTranscoder):
-        return _cpu_float(stack)
-    # Module.to moves in place: copy, so the caller's transcoders stay where they are.
-    return PerLayerTranscoders([_cpu_float(tc) for tc in stack.transcoders])
-
-
-def _cpu_float(module: nn.Module) -> nn.Module:
-    """``module`` when its floating tensors are float32 on the CPU, else a copy whose are.
-
-    The copy is made tensor by tensor (each goes straight to the CPU), so the device never holds
-    a second copy of a large transcoder; everything else is deep-copied as usual."""
-    tensors = [*module.parameters(), *module.buffers()]
-    if all(
-        t.device.type == "cpu" and t.dtype == torch.float32
-        for t in tensors
-        if t.is_floating_point()
-    ):
-        return module
-    memo = {}
-    for t in tensors:
-        moved = t.detach().to("cpu", torch.float32 if t.is_floating_point() else t.dtype)
-        memo[id(t)] = (
-            nn.Parameter(moved, requires_grad=False) if isinstance(t, nn.Parameter) else moved
-        )
-    return copy.deepcopy(module, memo)

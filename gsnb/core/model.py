@@ -347,6 +347,9 @@ def load_model(
             ``"google/gemma-2-2b"``, or a local folder with ``config.json`` and weights.
         device: default CUDA, then MPS, then CPU.
         dtype: default bfloat16 on CUDA, float32 elsewhere.
+
+    The weights are read straight onto ``device`` in ``dtype`` (``from_pretrained`` places
+    them), never through a float32 copy in host memory.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -366,7 +369,7 @@ def load_model(
             )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device)
     except OSError as err:
         raise OSError(
             f"could not load model {name!r}"
@@ -375,4 +378,4 @@ def load_model(
             "then `hf auth login`), or pass a local folder; with no network use the embedded "
             f"default, gsnb.load_model(). Cause: {err}"
         ) from err
-    return Model(hf.to(device), tokenizer, label)
+    return Model(hf, tokenizer, label)

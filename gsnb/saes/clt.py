@@ -10,33 +10,32 @@ so ``W_dec[s]`` is ``[d_sae, n_layers - s, d_out]``. A list of per-layer transco
 case with one decoder slice per source; :class:`PerLayerTranscoders` views such a list through
 the same methods (without copying weights), so circuit tracing has one code path for both.
 
-On disk (``clt/width_262k_l0_medium[_affine]`` in ``google/gemma-scope-2-{270m,1b}-{pt,it}``):
-one ``params_layer_{s}.safetensors`` per source layer with ``w_enc [d_in, d_sae]``,
-``b_enc [d_sae]``, ``threshold [d_sae]``, ``b_dec [d_out]`` (layer ``s``'s output bias),
-``w_dec [d_sae, n_layers, d_out]`` (the slices below ``s`` unused) and, for ``_affine``,
-``affine_skip_connection [d_in, d_out]``; a ``config.json`` may sit beside them. gsnb writes the
-same files, and reads a ``w_dec`` that holds only the slices from ``s`` on as well.
+On disk: ``clt/width_262k_l0_medium[_affine]`` in ``google/gemma-scope-2-{270m,1b}-{pt,it}``, one
+file per source layer (:mod:`gsnb.saes.clt_files`, which also reads the decoders lazily).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from gsnb.core.files import atomic_write
+from gsnb.core.tensor_files import read_tensor
+from gsnb.saes.clt_files import (
+    LazyDecoders,
+    check_layer_file,
+    file_shapes,
+    layer_files,
+    save_clt,
+    saved_facts,
+)
 from gsnb.saes.sae import fit_error
-
-_LAYER_FILE = re.compile(r"params_layer_(\d+)\.safetensors")
 
 
 @dataclass
@@ -111,8 +110,20 @@ class CrossLayerTranscoder(nn.Module):
         return self.W_enc[layer]
 
     def decoders(self, source: int) -> torch.Tensor:
-        """``[d_sae, n_targets, d_out]``: slice ``k`` writes ``mlp_out.(source + k)``."""
+        """``[d_sae, n_targets, d_out]``: slice ``k`` writes ``mlp_out.(source + k)`` (read from
+        the file whole when the decoders are lazy)."""
         return self.W_dec[source]
+
+    def decoder_rows(self, source: int, features: torch.Tensor) -> torch.Tensor:
+        """``[len(features), n_targets, d_out]`` the decoder rows of ``features`` (sorted, unique
+        indices) of ``source``; only those are read when the decoders are lazy."""
+        if isinstance(self.W_dec, LazyDecoders):
+            return self.W_dec.rows(source, features)
+        return self.W_dec[source][features.to(self.W_dec[source].device)]
+
+    def n_targets(self, source: int) -> int:
+        """Layers ``source``'s features write: itself and every later one."""
+        return self.n_layers - source
 
     def output_bias(self, layer: int) -> torch.Tensor:
         """``b_dec [d_out]`` added to ``mlp_out.layer``."""
@@ -153,7 +164,8 @@ class CrossLayerTranscoder(nn.Module):
     def forward(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Every layer's ``mlp_out`` from every layer's ``mlp_in``: lists of ``[..., d]``."""
         acts = [self.encode(s, x) for s, x in enumerate(inputs)]
-        return [reconstruct(self, acts, layer, inputs[layer]) for layer in range(self.n_layers)]
+        rows = ActiveRows(self)
+        return [reconstruct(self, acts, L, inputs[L], rows) for L in range(self.n_layers)]
 
     def check_model(self, model) -> None:
         """Raise ``ValueError`` unless this CLT fits ``model`` (its depth, and the widths of
@@ -200,120 +212,78 @@ class CrossLayerTranscoder(nn.Module):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write Gemma Scope 2's layout to the folder ``path`` (files replaced atomically)."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        n = self.n_layers
-        for s in range(n):
-            w_dec = torch.zeros(self.d_sae, n, self.cfg.d_out, dtype=self.W_dec[s].dtype)
-            w_dec[:, s:] = self.W_dec[s].detach().cpu()
-            tensors = {
-                "w_enc": self.W_enc[s],
-                "b_enc": self.b_enc[s],
-                "threshold": self.threshold[s],
-                "b_dec": self.b_dec[s],
-                "w_dec": w_dec,
-            }
-            if self.W_skip is not None:
-                tensors["affine_skip_connection"] = self.W_skip[s]
-            tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-            atomic_write(
-                folder / f"params_layer_{s}.safetensors",
-                lambda tmp, tensors=tensors: save_file(tensors, tmp),
-            )
-        config = {
-            "architecture": "jump_relu",
-            "type": "clt",
-            "affine_connection": self.cfg.skip,
-            "hf_hook_point_in": "model.layers.{layer}.pre_feedforward_layernorm.output",
-            "hf_hook_point_out": "model.layers.{layer}.post_feedforward_layernorm.output",
-            "gsnb": asdict(self.cfg),
-        }
-        atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config)))
-        return folder
+        return save_clt(self, path)
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, progress: bool = True, **overrides
+        cls,
+        path: str | os.PathLike,
+        progress: bool = True,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        lazy: bool = False,
+        **overrides,
     ) -> CrossLayerTranscoder:
         """Read a folder of ``params_layer_{s}.safetensors`` (and ``config.json`` if present).
 
+        Each tensor is read on its own and converted straight to ``dtype`` on ``device``: no
+        float32 copy of a bfloat16 CLT, and at most one layer's tensor in the file's dtype at a
+        time. ``lazy=True`` leaves the decoders in their files (:class:`LazyDecoders`), read
+        on demand: tracing reads only the rows of the features active on its prompt.
         ``overrides`` set :class:`CLTConfig` fields (``model_name=``, ``sae_id=``...)."""
-        folder = Path(path)
-        found = {
-            int(m.group(1)): p
-            for p in folder.glob("params_layer_*.safetensors")
-            if (m := _LAYER_FILE.fullmatch(p.name))
-        }
-        if not found:
-            raise FileNotFoundError(
-                f"{folder} holds no params_layer_{{L}}.safetensors: a cross-layer transcoder "
-                "folder has one per layer (Gemma Scope 2's clt/... layout)"
-            )
-        n = max(found) + 1
-        missing = sorted(set(range(n)) - set(found))
-        if missing:
-            raise FileNotFoundError(f"{folder} lacks params_layer_{{L}} for layers {missing}")
-        facts = {}
-        if (folder / "config.json").is_file():
-            facts = json.loads((folder / "config.json").read_text()).get("gsnb", {})
-        with safe_open(str(found[0]), framework="pt") as f:
-            shapes = {key: f.get_slice(key).get_shape() for key in f.keys()}
+        files = layer_files(Path(path))
+        shapes = file_shapes(files[0])
         if "w_enc" not in shapes or "b_dec" not in shapes:
-            raise ValueError(f"{found[0]} has no 'w_enc' or 'b_dec' (keys: {sorted(shapes)})")
-        d_in, d_sae = shapes["w_enc"]
+            raise ValueError(f"{files[0]} has no 'w_enc' or 'b_dec' (keys: {sorted(shapes)})")
         known = {f.name for f in fields(CLTConfig)}
         cfg = CLTConfig(
             **{
-                **{k: v for k, v in facts.items() if k in known},
-                "n_layers": n,
-                "d_in": d_in,
-                "d_sae": d_sae,
+                **{k: v for k, v in saved_facts(Path(path)).items() if k in known},
+                "n_layers": len(files),
+                "d_in": shapes["w_enc"][0],
+                "d_sae": shapes["w_enc"][1],
                 "d_out": shapes["b_dec"][0],
                 "skip": "affine_skip_connection" in shapes,
                 **overrides,
             }
         )
-        clt = cls(cfg)
-        with torch.no_grad():
-            # One file at a time: a released CLT is many GB.
-            for s in tqdm(range(n), desc="loading CLT layers", unit="layer", disable=not progress):
-                tensors = load_file(str(found[s]))
-                _check_layer_file(tensors, cfg, s, found[s])
-                clt.W_enc[s].copy_(tensors["w_enc"])
-                clt.b_enc[s].copy_(tensors["b_enc"])
-                clt.threshold[s].copy_(tensors["threshold"])
-                clt.b_dec[s].copy_(tensors["b_dec"])
-                w_dec = tensors["w_dec"]
-                clt.W_dec[s].copy_(w_dec[:, s:] if w_dec.shape[1] == n else w_dec)
-                if cfg.skip:
-                    clt.W_skip[s].copy_(tensors["affine_skip_connection"])
-                del tensors, w_dec
+        n, device = cfg.n_layers, torch.device(device)
+        with torch.device("meta"):
+            clt = cls(cfg)
+        stacked = {"W_enc": "w_enc", "b_enc": "b_enc", "threshold": "threshold", "b_dec": "b_dec"}
+        if cfg.skip:
+            stacked["W_skip"] = "affine_skip_connection"
+        full = {
+            name: torch.empty(getattr(clt, name).shape, dtype=dtype, device=device)
+            for name in stacked
+        }
+        decoders, starts = [], []
+        for s in tqdm(range(n), desc="loading CLT layers", unit="layer", disable=not progress):
+            starts.append(check_layer_file(file_shapes(files[s]), cfg, s, files[s]))
+            with safe_open(str(files[s]), framework="pt") as f:
+                for name, key in stacked.items():
+                    full[name][s] = read_tensor(f, key, files[s], dtype, device)
+                if not lazy:
+                    index = (slice(None), slice(starts[s], None))
+                    decoders.append(read_tensor(f, "w_dec", files[s], dtype, device, index))
+        for name, value in full.items():
+            setattr(clt, name, nn.Parameter(value))
+        del clt.W_dec
+        if lazy:
+            clt.W_dec = LazyDecoders(files, starts, cfg.d_out, dtype, device)
+        else:
+            clt.W_dec = nn.ParameterList([nn.Parameter(d) for d in decoders])
         return clt
 
-
-def _check_layer_file(tensors: dict, cfg: CLTConfig, s: int, path: Path) -> None:
-    n, d_in, d_sae, d_out = cfg.n_layers, cfg.d_in, cfg.d_sae, cfg.d_out
-    expected = {
-        "w_enc": [(d_in, d_sae)],
-        "b_enc": [(d_sae,)],
-        "threshold": [(d_sae,)],
-        "b_dec": [(d_out,)],
-        "w_dec": [(d_sae, n, d_out), (d_sae, n - s, d_out)],
-    }
-    if cfg.skip:
-        expected["affine_skip_connection"] = [(d_in, d_out)]
-    for key, shapes in expected.items():
-        if key not in tensors:
-            raise ValueError(f"{path} has no {key!r} (keys: {sorted(tensors)})")
-        shape = tuple(tensors[key].shape)
-        if shape not in shapes:
-            raise ValueError(
-                f"{path}: {key} has shape {list(shape)}, expected "
-                + " or ".join(str(list(s)) for s in shapes)
-                + f" for layer {s} of {n} with d_in={d_in}, d_sae={d_sae}"
-            )
-        if not torch.isfinite(tensors[key]).all():
-            raise ValueError(f"{path}: {key} holds NaN or infinite values; the file is damaged")
+    def _apply(self, fn, recurse=True):
+        # Module.to/.half/.cuda reach parameters through _apply: lazy decoders follow the same
+        # conversion, found by applying it to an empty tensor of theirs.
+        super()._apply(fn, recurse)
+        if isinstance(self.W_dec, LazyDecoders):
+            probe = fn(torch.empty(0, dtype=self.W_dec.dtype, device=self.W_dec.device))
+            self.W_dec.dtype, self.W_dec.device = probe.dtype, probe.device
+        return self
 
 
 class PerLayerTranscoders:
@@ -330,6 +300,13 @@ class PerLayerTranscoders:
 
     def decoders(self, source: int) -> torch.Tensor:
         return self.transcoders[source].W_dec[:, None, :]
+
+    def decoder_rows(self, source: int, features: torch.Tensor) -> torch.Tensor:
+        w_dec = self.transcoders[source].W_dec
+        return w_dec[features.to(w_dec.device)][:, None, :]
+
+    def n_targets(self, source: int) -> int:
+        return 1
 
     def output_bias(self, layer: int) -> torch.Tensor:
         return self.transcoders[layer].b_dec
@@ -353,17 +330,44 @@ class PerLayerTranscoders:
         return self.transcoders[layer].site_in
 
 
+class ActiveRows:
+    """The decoder rows of the features active in some activations, gathered once per source
+    and reused for every layer they write (and read from disk only once for lazy decoders)."""
+
+    def __init__(self, stack):
+        self.stack = stack
+        self._rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, source: int, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features [m], rows [m, n_targets, d_out])`` covering the features nonzero anywhere
+        in ``acts [..., d_sae]`` of ``source``."""
+        active = acts.detach().reshape(-1, acts.shape[-1]).ne(0).any(0).nonzero().flatten()
+        cached = self._rows.get(source)
+        if cached is None or not torch.isin(active, cached[0]).all():
+            union = active if cached is None else torch.cat([cached[0], active]).unique()
+            self._rows[source] = (union, self.stack.decoder_rows(source, union))
+        return self._rows[source]
+
+
 def reconstruct(
-    stack, acts: Sequence[torch.Tensor], layer: int, x: torch.Tensor | None
+    stack,
+    acts: Sequence[torch.Tensor],
+    layer: int,
+    x: torch.Tensor | None,
+    rows: ActiveRows | None = None,
 ) -> torch.Tensor:
     """``mlp_out.layer`` of a :class:`CrossLayerTranscoder` or :class:`PerLayerTranscoders`
     from the activations ``acts[s] [..., d_sae]`` of sources ``0..layer``, plus the skip path
-    when ``x [..., d_in]`` (``mlp_in.layer``) is given: ``[..., d_out]``."""
+    when ``x [..., d_in]`` (``mlp_in.layer``) is given: ``[..., d_out]``, in float32.
+
+    Only the decoder rows of active features are read; pass one ``rows`` (:class:`ActiveRows`)
+    to every layer of a pass so each source's rows are gathered once."""
+    rows = rows or ActiveRows(stack)
     out = stack.output_bias(layer).float()
     for s in range(layer + 1):
-        dec = stack.decoders(s)
-        if layer - s < dec.shape[1]:
-            out = out + acts[s].float() @ dec[:, layer - s].float()
+        if layer - s < stack.n_targets(s):
+            features, dec = rows.get(s, acts[s])
+            out = out + acts[s][..., features].float() @ dec[:, layer - s].float()
     skip = stack.skip(layer)
     if x is not None and skip is not None:
         out = out + x.float() @ skip.float()

@@ -70,6 +70,7 @@ def load_sae(
     sae_id: str,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    lazy: bool = True,
 ) -> JumpReLUSAE | CrossLayerTranscoder:
     """Load one SAE or transcoder of a released suite, or of a local folder in the same layout.
 
@@ -81,7 +82,10 @@ def load_sae(
             (Gemma Scope 2), ``"layer_12_width_16k_l0_small"`` (SAELens' names);
             ``"clt/width_262k_l0_medium_affine"`` gives a :class:`gsnb.CrossLayerTranscoder`.
         device: default CUDA, then MPS, then CPU (as :func:`gsnb.load_model`).
-        dtype: default the file's float32.
+        dtype: default float32. Each tensor is converted as it is read, straight onto
+            ``device``: loading in bfloat16 never makes a float32 copy.
+        lazy: cross-layer transcoders only: leave the decoders (most of a CLT's bytes) in their
+            files and read the rows tracing needs on demand (``False`` loads them all).
 
     The SAE knows its sites (``sae.site_in``, ``sae.site_out``), ``model_name``, ``release``,
     ``sae_id`` (gsnb's names, also when loaded by SAELens' names) and, where Neuronpedia hosts
@@ -93,34 +97,35 @@ def load_sae(
     """
     from gsnb.core.model import default_device
 
+    where = {"device": device or default_device(), "dtype": dtype or torch.float32}
     folder = _local_folder(release)
     if folder is not None:
-        sae = _load_local(folder, sae_id)
-    else:
-        info, alias = _release(str(release))
-        if alias is not None:
-            sae_id = _from_alias(alias, info, sae_id)
-        if sae_id.startswith("clt/"):
-            return _load_clt(info, sae_id).to(device=device or default_device(), dtype=dtype)
-        spec = resolve(info, sae_id)
-        weights = _fetch(info, f"{spec.folder}/{spec.weights}", sae_id)
-        if info.format == "gemma-scope-2":
-            _fetch(info, f"{spec.folder}/config.json", sae_id, optional=True)
-        sae = JumpReLUSAE.load(
-            weights,
-            model_name=info.model_name,
-            site_in=spec.site_in,
-            site_out=spec.site_out,
-            release=info.name,
-            sae_id=sae_id,
-            neuronpedia_id=spec.neuronpedia_id,
+        return _load_local(folder, sae_id, where, lazy)
+    info, alias = _release(str(release))
+    if alias is not None:
+        sae_id = _from_alias(alias, info, sae_id)
+    if sae_id.startswith("clt/"):
+        return _load_clt(info, sae_id, where, lazy)
+    spec = resolve(info, sae_id)
+    weights = _fetch(info, f"{spec.folder}/{spec.weights}", sae_id)
+    if info.format == "gemma-scope-2":
+        _fetch(info, f"{spec.folder}/config.json", sae_id, optional=True)
+    sae = JumpReLUSAE.load(
+        weights,
+        model_name=info.model_name,
+        site_in=spec.site_in,
+        site_out=spec.site_out,
+        release=info.name,
+        sae_id=sae_id,
+        neuronpedia_id=spec.neuronpedia_id,
+        **where,
+    )
+    if sae.d_sae != spec.width:
+        raise ValueError(
+            f"{weights} has {sae.d_sae} features but its id {sae_id!r} says {spec.width}: "
+            "the cached file is damaged or mixed up; delete it and download it again"
         )
-        if sae.d_sae != spec.width:
-            raise ValueError(
-                f"{weights} has {sae.d_sae} features but its id {sae_id!r} says {spec.width}: "
-                "the cached file is damaged or mixed up; delete it and download it again"
-            )
-    return sae.to(device=device or default_device(), dtype=dtype)
+    return sae
 
 
 def list_sae_ids(release: str | os.PathLike) -> list[str]:
@@ -188,7 +193,7 @@ def _local_folder(release: str | os.PathLike) -> Path | None:
     return path if path.is_dir() else None
 
 
-def _load_clt(info: ReleaseInfo, sae_id: str) -> CrossLayerTranscoder:
+def _load_clt(info: ReleaseInfo, sae_id: str, where: dict, lazy: bool) -> CrossLayerTranscoder:
     """A Gemma Scope 2 cross-layer transcoder: one file per layer of the model."""
     if info.format != "gemma-scope-2" or CLT_ID.fullmatch(sae_id) is None:
         raise unknown_id(info, sae_id)
@@ -198,7 +203,12 @@ def _load_clt(info: ReleaseInfo, sae_id: str) -> CrossLayerTranscoder:
         _fetch(info, f"{sae_id}/params_layer_{layer}.safetensors", sae_id)
     _fetch(info, f"{sae_id}/config.json", sae_id, optional=True)
     clt = CrossLayerTranscoder.load(
-        Path(first).parent, model_name=info.model_name, release=info.name, sae_id=sae_id
+        Path(first).parent,
+        lazy=lazy,
+        model_name=info.model_name,
+        release=info.name,
+        sae_id=sae_id,
+        **where,
     )
     if clt.n_layers != n_layers:
         raise ValueError(
@@ -247,7 +257,9 @@ def _fetch(info: ReleaseInfo, filename: str, sae_id: str, optional: bool = False
         ) from err
 
 
-def _load_local(root: Path, sae_id: str) -> JumpReLUSAE | CrossLayerTranscoder:
+def _load_local(
+    root: Path, sae_id: str, where: dict, lazy: bool
+) -> JumpReLUSAE | CrossLayerTranscoder:
     ids = list_sae_ids(root)
     folder = sae_id
     match = GS1_ID.fullmatch(sae_id)
@@ -272,5 +284,7 @@ def _load_local(root: Path, sae_id: str) -> JumpReLUSAE | CrossLayerTranscoder:
             + f" It holds {len(ids)} SAE folders; list_sae_ids({str(root)!r}) lists them."
         )
     if (root / folder / CLT_FIRST_FILE).is_file():
-        return CrossLayerTranscoder.load(root / folder, release=str(root), sae_id=sae_id)
-    return JumpReLUSAE.load(root / folder, release=str(root), sae_id=sae_id)
+        return CrossLayerTranscoder.load(
+            root / folder, lazy=lazy, release=str(root), sae_id=sae_id, **where
+        )
+    return JumpReLUSAE.load(root / folder, release=str(root), sae_id=sae_id, **where)

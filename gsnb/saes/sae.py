@@ -193,14 +193,23 @@ class JumpReLUSAE(nn.Module):
         return sae_files.write(self, path, format)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, **overrides) -> JumpReLUSAE:
-        """Load an SAE from a folder or weights file in any supported format.
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        **overrides,
+    ) -> JumpReLUSAE:
+        """Load an SAE from a folder or weights file in any supported format, straight into
+        ``dtype`` on ``device``: each tensor is converted as it is read, so no float32 copy of a
+        bfloat16 SAE is ever made and the parameters are allocated once.
 
         ``overrides`` set :class:`SAEConfig` fields the files do not carry (``site_in=``,
         ``model_name=``, ...). Shapes are checked against each other and the config; NaNs and
         pickles are refused.
         """
-        tensors, facts, weights = sae_files.read(Path(path))
+        tensors, facts, weights = sae_files.read(Path(path), dtype, device)
         facts.update({k: v for k, v in overrides.items() if v is not None})
         d_in, d_sae = tensors["W_enc"].shape
         cfg = SAEConfig(
@@ -215,10 +224,10 @@ class JumpReLUSAE(nn.Module):
             },
         )
         sae_files.check_shapes(tensors, cfg, facts.get("width"), weights)
-        sae = cls(cfg)
-        with torch.no_grad():
-            for name, value in tensors.items():
-                getattr(sae, name).copy_(value)
+        with torch.device("meta"):  # shapes only: the read tensors become the parameters
+            sae = cls(cfg)
+        for name, value in tensors.items():
+            setattr(sae, name, nn.Parameter(value))
         return sae
 
 

@@ -16,13 +16,16 @@ import json
 import re
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from gsnb.core.files import atomic_write
 from gsnb.core.sites import ALL_KINDS, Site, parse_site, transcoder_sites
+from gsnb.core.tensor_files import read_tensor
 
 _GS2_KEYS = {
     "w_enc": "W_enc",
@@ -116,8 +119,16 @@ def saelens_config(sae) -> dict:
     return config
 
 
-def read(path: Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
-    """``(tensors, facts, weights file)`` of the SAE at ``path`` (a folder or a weights file)."""
+def read(
+    path: Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[dict, dict, Path]:
+    """``(tensors, facts, weights file)`` of the SAE at ``path`` (a folder or a weights file),
+    the tensors in ``dtype`` on ``device``.
+
+    safetensors files are read slice by slice straight into the result
+    (:func:`gsnb.core.tensor_files.read_tensor`), so a load to bfloat16 never holds a float32
+    copy of the file or of one of its tensors."""
+    convert = Convert(dtype, torch.device(device))
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no SAE at {path}: pass a folder or a params file")
@@ -129,7 +140,7 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
     ):
         weights = path if path.is_file() and path.name == weights_name else folder / weights_name
         if weights.is_file() and (path.is_dir() or path == weights):
-            tensors, facts = reader(weights)
+            tensors, facts = reader(weights, convert)
             break
     else:
         raise FileNotFoundError(
@@ -199,12 +210,27 @@ def check_shapes(tensors: dict, cfg, width: int | str | None, source: Path) -> N
         )
 
 
-def _read_gs2(weights: Path) -> tuple[dict, dict]:
-    raw = load_file(str(weights))
-    unknown = set(raw) - set(_GS2_KEYS)
+class Convert(NamedTuple):
+    """Where and in which dtype a reader puts the tensors it reads."""
+
+    dtype: torch.dtype
+    device: torch.device
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(device=self.device, dtype=self.dtype)
+
+
+def _read_safetensors(weights: Path, convert: Convert) -> dict[str, torch.Tensor]:
+    with safe_open(str(weights), framework="pt") as f:
+        return {key: read_tensor(f, key, weights, *convert) for key in f.keys()}
+
+
+def _read_gs2(weights: Path, convert: Convert) -> tuple[dict, dict]:
+    with safe_open(str(weights), framework="pt") as f:
+        unknown = set(f.keys()) - set(_GS2_KEYS)
     if unknown:
         raise ValueError(f"{weights}: unexpected arrays {sorted(unknown)} for a Gemma Scope 2 file")
-    tensors = {_GS2_KEYS[k]: v.float() for k, v in raw.items()}
+    tensors = {_GS2_KEYS[k]: v for k, v in _read_safetensors(weights, convert).items()}
     facts = _facts_from_path(weights)
     config_path = weights.parent / "config.json"
     if config_path.exists():
@@ -226,7 +252,7 @@ def _read_gs2(weights: Path) -> tuple[dict, dict]:
 _NPZ_ALIASES = {"w_enc": "W_enc", "w_dec": "W_dec"}
 
 
-def _read_npz(weights: Path) -> tuple[dict, dict]:
+def _read_npz(weights: Path, convert: Convert) -> tuple[dict, dict]:
     tensors = {}
     with np.load(weights, allow_pickle=False) as arrays:
         for key in arrays.files:
@@ -239,7 +265,7 @@ def _read_npz(weights: Path) -> tuple[dict, dict]:
                 ) from err
             if array.dtype.kind != "f":
                 raise ValueError(f"{weights}: array {key!r} has dtype {array.dtype}, not floats")
-            tensors[_NPZ_ALIASES.get(key, key)] = torch.from_numpy(array.astype(np.float32))
+            tensors[_NPZ_ALIASES.get(key, key)] = convert(torch.from_numpy(array))
     facts = {}
     match = re.search(r"average_l0_(\d+)", str(weights))
     if match:
@@ -247,8 +273,8 @@ def _read_npz(weights: Path) -> tuple[dict, dict]:
     return tensors, facts
 
 
-def _read_saelens(weights: Path) -> tuple[dict, dict]:
-    tensors = {k: v.float() for k, v in load_file(str(weights)).items()}
+def _read_saelens(weights: Path, convert: Convert) -> tuple[dict, dict]:
+    tensors = _read_safetensors(weights, convert)
     config_path = weights.parent / "cfg.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{weights} has no cfg.json beside it; SAELens folders need both")
@@ -264,8 +290,9 @@ def _read_saelens(weights: Path) -> tuple[dict, dict]:
     if "W_skip" in tensors:
         tensors["W_skip"] = tensors["W_skip"].T.contiguous()  # SAELens: [d_out, d_in]
     if config.get("apply_b_dec_to_input") and {"W_enc", "b_enc", "b_dec"} <= set(tensors):
-        # (x - b_dec) @ W_enc + b_enc == x @ W_enc + (b_enc - b_dec @ W_enc)
-        tensors["b_enc"] = tensors["b_enc"] - tensors["b_dec"] @ tensors["W_enc"]
+        # (x - b_dec) @ W_enc + b_enc == x @ W_enc + (b_enc - b_dec @ W_enc), in float32
+        fold = tensors["b_dec"].float() @ tensors["W_enc"].float()
+        tensors["b_enc"] = (tensors["b_enc"].float() - fold).to(tensors["b_enc"].dtype)
     meta = config.get("metadata", config)
     facts = {"model_name": meta.get("model_name"), "width": config.get("d_sae")}
     for suffix, field in (("", "site_in"), ("_out", "site_out")):
