@@ -80,6 +80,9 @@ class WidgetView:
     (``application/vnd.jupyter.widget-view+json``), which front ends with a widget manager
     (JupyterLab, Notebook, VS Code, Colab) show, and :meth:`static_html`, a snapshot of the
     state when it was displayed, which readers without one (GitHub, nbviewer, nbconvert) show.
+    A notebook that stores the widget state (``jupyter nbconvert --execute`` does) makes
+    nbconvert embed the widget instead; ``--ExecutePreprocessor.store_widget_state=False``
+    keeps the snapshot.
     """
 
     widget: widgets.Widget
