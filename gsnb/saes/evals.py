@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from gsnb.saes.sae import JumpReLUSAE, named
 
@@ -136,12 +137,13 @@ def evaluate(
     tokens: torch.Tensor,
     batch_size: int = 4,
     ablations: bool = True,
+    progress: bool = True,
 ) -> EvalResult | dict[str, EvalResult]:
     """Reconstruction, spliced-loss and loss-recovered metrics of one SAE, or of each SAE in a
     suite. Pass held-out tokens: ``gsnb.data.default_tokens(model, n, seq_len, split="eval")``.
 
-    The mean that mean ablation substitutes comes from a first, cheap pass over ``tokens``
-    (stopped after the deepest output site; special tokens left out); the main pass then runs,
+    The mean that mean ablation substitutes comes from a first pass over ``tokens`` (stopped
+    after the deepest output site; special tokens left out); the main pass then runs,
     per batch, the clean model, each SAE spliced in, and zero and mean ablation of each distinct
     output site (shared by SAEs that write the same site). Ablation and splicing replace the
     site at every position, and a transcoder's ablation replaces its output site ``mlp_out.L``.
@@ -155,6 +157,7 @@ def evaluate(
         batch_size: windows per forward pass.
         ablations: run the zero and mean ablations (two forward passes per output site and
             batch, plus the pass for the means); False leaves their fields nan.
+        progress: show a progress bar per pass.
 
     Returns:
         an :class:`EvalResult` for one SAE, else ``{name: EvalResult}``.
@@ -176,13 +179,14 @@ def evaluate(
         sae.check_model(model)
     sites = sorted({s for sae in saes.values() for s in (sae.site_in, sae.site_out)})
     outs = sorted({sae.site_out for sae in saes.values()})
-    means = _site_means(model, outs, tokens, batch_size) if ablations else {}
+    means = _site_means(model, outs, tokens, batch_size, progress) if ablations else {}
     ablated = {site: [0.0, 0.0] for site in means}  # site -> summed CE [zeros, mean]
     acc = {name: _Sums(sae.d_sae) for name, sae in saes.items()}
     ce_clean = 0.0
     n_pred = 0
+    starts = range(0, len(tokens), batch_size)
     with torch.no_grad():
-        for start in range(0, len(tokens), batch_size):
+        for start in tqdm(starts, desc="evaluate", unit="batch", disable=not progress):
             batch = tokens[start : start + batch_size].to(model.device)
             keep = ~special_token_mask(batch, model)  # [batch, pos]
             logits, cache = model.run_with_cache(batch, sites)
@@ -208,7 +212,7 @@ def evaluate(
 
 
 def _site_means(
-    model, sites: list[str], tokens: torch.Tensor, batch_size: int
+    model, sites: list[str], tokens: torch.Tensor, batch_size: int, progress: bool
 ) -> dict[str, torch.Tensor]:
     """``{site: [width]}`` mean of each site over the non-special positions of ``tokens``, from
     forward passes stopped after the deepest site."""
@@ -216,8 +220,9 @@ def _site_means(
 
     sums: dict[str, torch.Tensor] = {}
     n = 0
+    starts = range(0, len(tokens), batch_size)
     with torch.no_grad():
-        for start in range(0, len(tokens), batch_size):
+        for start in tqdm(starts, desc="site means", unit="batch", disable=not progress):
             batch = tokens[start : start + batch_size].to(model.device)
             keep = ~special_token_mask(batch, model)  # [batch, pos]
             _, cache = model.run_with_cache(batch, sites, stop_early=True)
