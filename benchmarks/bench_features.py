@@ -91,7 +91,8 @@ def main() -> None:
     batch_size = 64 if gpu else 16
 
     model = gsnb.load_model(device=device)
-    tokens = default_tokens(model, n_windows + 16, 128, progress=False)
+    # Statistics are measured on held-out text, as everywhere in gsnb.
+    tokens = default_tokens(model, n_windows + 16, 128, split="eval", progress=False)
     calib, tokens = tokens[:16], tokens[16:]
     sae = random_sae(model, calib.to(device))
 

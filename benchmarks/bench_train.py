@@ -11,14 +11,15 @@ alternating repetition by repetition so that a drifting machine load hits both a
    fire, the sparse step chosen per step);
    SAELens uses ``JumpReLUTrainingSAE`` with ``jumprelu_sparsity_loss_mode="step"`` and its
    defaults otherwise, driven by its ``SAETrainer.fit``.
-2. FVU at matched L0 on held-out rows: both tools get the recipe's hyperparameters in the same
-   units (rows scaled to mean squared norm 1, threshold and bandwidth 0.001, Adam beta1 = 0,
-   the same learning rate, warmups and decay) and the quadratic L0 penalty around the same
-   target, for the same steps, batches and width. A short run may leave SAELens far from the
-   target (its encoder biases start at zero, where half the features fire), so gsnb is trained
-   once more with ``target_l0`` set to SAELens's held-out L0, and the two FVUs are compared at
-   matched L0. If the L0s still differ by more than 10 %, the printout says so. On a CPU these
-   are short runs (hundreds of steps): they compare early training, not converged SAEs.
+2. FVU at matched L0 on held-out rows (documents of the ``"eval"`` split): both tools get the
+   recipe's hyperparameters in the same units (rows scaled to mean squared norm 1, threshold and
+   bandwidth 0.001, Adam beta1 = 0, the same learning rate, warmups and decay) and the quadratic
+   L0 penalty around the same target, for the same steps, batches and width. A short run may
+   leave SAELens far from the target (its encoder biases start at zero, where half the features
+   fire), so gsnb is trained once more with ``target_l0`` set to SAELens's held-out L0, and the
+   two FVUs are compared at matched L0. If the L0s still differ by more than 10 %, the printout
+   says so. On a CPU these are short runs (hundreds of steps): they compare early training, not
+   converged SAEs.
 3. Suite: one ``train_suite`` step for the 18 ``resid_post`` layers (batches from an
    ActivationStore) against 18 single-site ``train_sae`` steps, as wall/CPU time per step; and
    whole calls streaming activations from the model (the suite runs one forward pass for all
@@ -231,19 +232,23 @@ def main() -> None:
     script = tmp / "peer_saelens.py"
     script.write_text(PEER_SCRIPT)
     try:
-        # --- activations: resid_post.6 rows (BOS dropped), shuffled once, split off held-out
-        tokens = default_tokens(model, n_windows_l6, 128, progress=False)
-        t0 = time.perf_counter()
-        gsnb.cache_activations(model, tokens, [SITE], tmp / "l6", progress=False)
-        t_cache6 = time.perf_counter() - t0
-        store = gsnb.ActivationStore(tmp / "l6")
-        acts = store.load(SITE)
-        special = torch.tensor(sorted(set(model.tokenizer.all_special_ids)))
-        keep = ~torch.isin(store.tokens.reshape(-1), special)
-        acts = acts[keep]
-        acts = acts[torch.randperm(len(acts), generator=torch.Generator().manual_seed(0))]
+        # --- activations: resid_post.6 rows (BOS dropped), shuffled once; training rows from
+        # the "train" split, held-out rows from the "eval" split (documents neither SAE saw)
         n_held = 2048
-        held, train = acts[:n_held].contiguous(), acts[n_held:].contiguous()
+        special = torch.tensor(sorted(set(model.tokenizer.all_special_ids)))
+
+        def site_rows(split: str, n_windows: int, folder: str) -> torch.Tensor:
+            tokens = default_tokens(model, n_windows, 128, split=split, progress=False)
+            gsnb.cache_activations(model, tokens, [SITE], tmp / folder, progress=False)
+            store = gsnb.ActivationStore(tmp / folder)
+            acts = store.load(SITE)[~torch.isin(store.tokens.reshape(-1), special)]
+            order = torch.randperm(len(acts), generator=torch.Generator().manual_seed(0))
+            return acts[order].contiguous()
+
+        t0 = time.perf_counter()
+        train = site_rows("train", n_windows_l6 - n_held // 127, "l6")
+        t_cache6 = time.perf_counter() - t0
+        held = site_rows("eval", n_held // 127 + 2, "l6-eval")[:n_held]
         rows_path = tmp / "rows.safetensors"
         save_file({"train": train, "heldout": held}, str(rows_path))
         print(

@@ -87,14 +87,16 @@ def feature_stats(
         model: a :class:`gsnb.Model`.
         sae_or_saes: one SAE or transcoder, a list of them (keyed by their
             :attr:`~gsnb.JumpReLUSAE.name`) or a dict.
-        tokens: ``[n_windows, seq_len]`` token ids, e.g. from :func:`gsnb.core.data.default_tokens`.
+        tokens: ``[n_windows, seq_len]`` token ids of held-out text, e.g.
+            ``gsnb.core.data.default_tokens(model, 1024, 128, split="eval")``.
         out_dir: folder for a checkpoint written atomically every ``checkpoint_every`` batches
             and at the end; calling again with the same arguments resumes, with identical results.
 
     Returns:
         A :class:`FeatureStats`, or ``{name: FeatureStats}`` when given several SAEs.
 
-    >>> stats = feature_stats(model, sae, gsnb.core.data.default_tokens(model, 1024, 128))
+    >>> tokens = gsnb.core.data.default_tokens(model, 1024, 128, split="eval")
+    >>> stats = feature_stats(model, sae, tokens)
     >>> stats.top_examples(123)[0].str_tokens
     """
     saes = _as_dict(sae_or_saes)
@@ -118,7 +120,7 @@ def _check_corpus(tokens: torch.Tensor) -> torch.Tensor:
     if 0 in tokens.shape:
         raise ValueError(
             f"tokens has shape {tuple(tokens.shape)}: the corpus is empty; pass some windows, "
-            "for example gsnb.core.data.default_tokens(model, 256, 128)"
+            "for example gsnb.core.data.default_tokens(model, 256, 128, split='eval')"
         )
     return tokens.detach().to("cpu", torch.long).contiguous()
 
@@ -188,7 +190,7 @@ class _Pass:
             raise ValueError(
                 "the corpus holds only control tokens (BOS/EOS/PAD), so there is nothing to "
                 "measure: pass windows of text, for example "
-                "gsnb.core.data.default_tokens(model, 256, 128)"
+                "gsnb.core.data.default_tokens(model, 256, 128, split='eval')"
             )
         examples = acc.examples()
         windows = torch.cat(

@@ -6,18 +6,29 @@
 * Faithfulness to the model: next-token cross-entropy with the reconstruction spliced in at its
   site, minus the clean cross-entropy (delta loss, Gemma Scope's headline fidelity metric), and
   the KL divergence from the clean next-token distribution to the spliced one.
+* Loss recovered against two ablations of the same site (as Gemma Scope and SAELens report it):
+  ``(ce_ablated - ce_spliced) / (ce_ablated - ce_clean)``, 1 when splicing costs nothing and 0
+  when the reconstruction is no better than ablating, with the site replaced by zeros or by its
+  mean over the evaluated tokens.
+
+Measure on held-out text, ``gsnb.data.default_tokens(model, n_windows, seq_len, split="eval")``:
+SAEs train on the ``"train"`` split, so the ``"eval"`` split is text they never saw.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from gsnb.saes.sae import JumpReLUSAE, named
+
+_NAN = float("nan")  # one object, so results without ablations still compare equal
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,18 @@ class EvalResult:
     """Next-token cross-entropy of the unchanged model."""
     ce_spliced: float
     """Next-token cross-entropy with the reconstruction spliced in."""
+    ce_zero_ablated: float
+    """Next-token cross-entropy with the site (``site_out``) replaced by zeros at every position;
+    nan when evaluated with ``ablations=False``."""
+    ce_mean_ablated: float
+    """Next-token cross-entropy with the site (``site_out``) replaced at every position by its
+    mean over the evaluated tokens (special tokens left out); nan with ``ablations=False``."""
+    loss_recovered_zero: float
+    """``(ce_zero_ablated - ce_spliced) / (ce_zero_ablated - ce_clean)``: 1 when splicing costs
+    nothing, 0 when it is as bad as zeroing the site (nan if zeroing changes nothing)."""
+    loss_recovered_mean: float
+    """``(ce_mean_ablated - ce_spliced) / (ce_mean_ablated - ce_clean)``: the same against mean
+    ablation, usually the stricter baseline (a mean is closer to the site than zeros)."""
     n_tokens: int
     """Positions counted in l0, fvu and dead_fraction (special tokens left out)."""
 
@@ -48,6 +71,25 @@ class EvalResult:
 
     def keys(self) -> list[str]:
         return list(asdict(self))
+
+    def summary(self) -> str:
+        """The headline numbers on one line, e.g. ``L0 52.1 · FVU 0.112 · delta loss 0.0412 ·
+        loss recovered 97.0% (zero) / 91.2% (mean) · KL 0.0398 · dead 1.2%``."""
+        return (
+            f"L0 {self.l0:.1f} · FVU {self.fvu:.3g} · delta loss {self.delta_loss:.4g} · "
+            f"loss recovered {self.loss_recovered_zero:.1%} (zero) / "
+            f"{self.loss_recovered_mean:.1%} (mean) · KL {self.kl:.4g} · "
+            f"dead {self.dead_fraction:.1%} · {self.n_tokens} tokens"
+        )
+
+    def __repr__(self) -> str:
+        values = ", ".join(
+            f"{f.name}={getattr(self, f.name):.4g}"
+            if f.type == "float"
+            else f"{f.name}={getattr(self, f.name)}"
+            for f in fields(self)
+        )
+        return f"EvalResult({values})"
 
 
 @contextmanager
@@ -94,22 +136,34 @@ def evaluate(
     sae_or_suite,
     tokens: torch.Tensor,
     batch_size: int = 4,
+    ablations: bool = True,
+    progress: bool = True,
 ) -> EvalResult | dict[str, EvalResult]:
-    """Reconstruction and spliced-loss metrics of one SAE, or of each SAE in a suite.
+    """Reconstruction, spliced-loss and loss-recovered metrics of one SAE, or of each SAE in a
+    suite. Pass held-out tokens: ``gsnb.data.default_tokens(model, n, seq_len, split="eval")``.
+
+    The mean that mean ablation substitutes comes from a first pass over ``tokens`` (stopped
+    after the deepest output site; special tokens left out); the main pass then runs,
+    per batch, the clean model, each SAE spliced in, and zero and mean ablation of each distinct
+    output site (shared by SAEs that write the same site). Ablation and splicing replace the
+    site at every position, and a transcoder's ablation replaces its output site ``mlp_out.L``.
 
     Args:
         model: a :class:`gsnb.Model`.
         sae_or_suite: a :class:`JumpReLUSAE`; or a mapping ``{name: sae}``, a list of SAEs, or a
             :class:`gsnb.saes.train.SuiteResult` (then the clean forward pass is shared by all).
-        tokens: ``[n_windows, seq_len]`` token ids (BOS first), e.g. from
-            :func:`gsnb.core.data.default_tokens`.
+        tokens: ``[n_windows, seq_len]`` token ids (BOS first), held out from training, e.g.
+            ``gsnb.core.data.default_tokens(model, 64, 128, split="eval")``.
         batch_size: windows per forward pass.
+        ablations: run the zero and mean ablations (two forward passes per output site and
+            batch, plus the pass for the means); False leaves their fields nan.
+        progress: show a progress bar per pass.
 
     Returns:
         an :class:`EvalResult` for one SAE, else ``{name: EvalResult}``.
 
-    >>> r = evaluate(model, sae, tokens)
-    >>> r.delta_loss, r["fvu"]
+    >>> r = evaluate(model, sae, gsnb.data.default_tokens(model, 64, 128, split="eval"))
+    >>> r.delta_loss, r["fvu"], r.loss_recovered_mean
     """
     from gsnb.core.data import special_token_mask
 
@@ -124,16 +178,23 @@ def evaluate(
     for sae in saes.values():
         sae.check_model(model)
     sites = sorted({s for sae in saes.values() for s in (sae.site_in, sae.site_out)})
+    outs = sorted({sae.site_out for sae in saes.values()})
+    means = _site_means(model, outs, tokens, batch_size, progress) if ablations else {}
+    ablated = {site: [0.0, 0.0] for site in means}  # site -> summed CE [zeros, mean]
     acc = {name: _Sums(sae.d_sae) for name, sae in saes.items()}
     ce_clean = 0.0
     n_pred = 0
+    starts = range(0, len(tokens), batch_size)
     with torch.no_grad():
-        for start in range(0, len(tokens), batch_size):
+        for start in tqdm(starts, desc="evaluate", unit="batch", disable=not progress):
             batch = tokens[start : start + batch_size].to(model.device)
             keep = ~special_token_mask(batch, model)  # [batch, pos]
             logits, cache = model.run_with_cache(batch, sites)
-            ce_clean += _ce_kl(logits, logits, batch)[0]
+            ce_clean += _cross_entropy(logits, batch)
             n_pred += batch[:, 1:].numel()
+            for site, mean in means.items():
+                for i, fill in enumerate((torch.zeros_like(mean), mean)):
+                    ablated[site][i] += _ablated_ce(model, batch, site, fill)
             for name, sae in saes.items():
                 acc[name].add_reconstruction(
                     sae, cache[sae.site_in][keep], cache[sae.site_out][keep]
@@ -143,8 +204,63 @@ def evaluate(
                 ce, kl = _ce_kl(logits, spliced, batch)
                 acc[name].ce += ce
                 acc[name].kl += kl
-    results = {name: a.result(ce_clean / n_pred, n_pred) for name, a in acc.items()}
+    results = {
+        name: a.result(ce_clean / n_pred, n_pred, ablated.get(saes[name].site_out))
+        for name, a in acc.items()
+    }
     return next(iter(results.values())) if single else results
+
+
+def _site_means(
+    model, sites: list[str], tokens: torch.Tensor, batch_size: int, progress: bool
+) -> dict[str, torch.Tensor]:
+    """``{site: [width]}`` mean of each site over the non-special positions of ``tokens``, from
+    forward passes stopped after the deepest site."""
+    from gsnb.core.data import special_token_mask
+
+    sums: dict[str, torch.Tensor] = {}
+    n = 0
+    starts = range(0, len(tokens), batch_size)
+    with torch.no_grad():
+        for start in tqdm(starts, desc="site means", unit="batch", disable=not progress):
+            batch = tokens[start : start + batch_size].to(model.device)
+            keep = ~special_token_mask(batch, model)  # [batch, pos]
+            _, cache = model.run_with_cache(batch, sites, stop_early=True)
+            n += int(keep.sum())
+            for site in sites:
+                total = cache[site][keep].double().sum(0)  # [width]
+                sums[site] = sums[site] + total if site in sums else total
+    if n == 0:
+        raise ValueError("no tokens to evaluate besides special ones: pass longer windows")
+    return {site: total / n for site, total in sums.items()}
+
+
+def _ablated_ce(model, tokens: torch.Tensor, site: str, fill: torch.Tensor) -> float:
+    """Summed next-token cross-entropy of ``tokens`` ``[batch, pos]`` with ``site`` replaced by
+    ``fill`` ``[width]`` at every position."""
+
+    def replace(value: torch.Tensor) -> torch.Tensor:
+        return fill.to(value.device, value.dtype).expand_as(value).clone()
+
+    with model.hooks({site: replace}):
+        logits = model(tokens)
+    return _cross_entropy(logits, tokens)
+
+
+def _cross_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> float:
+    """Summed next-token cross-entropy; one window at a time (see :func:`_ce_kl`)."""
+    ce = 0.0
+    for row in range(len(tokens)):
+        logp = F.log_softmax(logits[row, :-1].float(), dim=-1)  # [pos - 1, vocab]
+        ce -= float(logp.gather(-1, tokens[row, 1:, None]).sum())
+    return ce
+
+
+def _recovered(ablated: float, spliced: float, clean: float) -> float:
+    """``(ablated - spliced) / (ablated - clean)``; nan when not measured or when ablating
+    changes nothing."""
+    gap = ablated - clean
+    return (ablated - spliced) / gap if gap != 0 and not math.isnan(gap) else _NAN
 
 
 def _ce_kl(clean: torch.Tensor, spliced: torch.Tensor, tokens: torch.Tensor) -> tuple[float, float]:
@@ -188,13 +304,16 @@ class _Sums:
         self.sum_x = self.sum_x + x_out.sum(0)
         self.sum_sq += float(x_out.pow(2).sum())
 
-    def result(self, ce_clean: float, n_pred: int) -> EvalResult:
+    def result(self, ce_clean: float, n_pred: int, ablated: list[float] | None) -> EvalResult:
+        """The metrics, given the clean and the ``[zero, mean]`` ablated CE sums over
+        ``n_pred`` predictions (None: not measured)."""
         if self.n == 0:
             raise ValueError("no tokens to evaluate besides special ones: pass longer windows")
         mean = self.sum_x / self.n
         variance = self.sum_sq - self.n * float(mean.pow(2).sum())
         fvu = self.sq_err / variance
         ce = self.ce / n_pred
+        zero, mean_ablated = (t / n_pred for t in ablated) if ablated else (_NAN, _NAN)
         return EvalResult(
             l0=self.active / self.n,
             fvu=fvu,
@@ -204,6 +323,10 @@ class _Sums:
             kl=self.kl / n_pred,
             ce_clean=ce_clean,
             ce_spliced=ce,
+            ce_zero_ablated=zero,
+            ce_mean_ablated=mean_ablated,
+            loss_recovered_zero=_recovered(zero, ce, ce_clean),
+            loss_recovered_mean=_recovered(mean_ablated, ce, ce_clean),
             n_tokens=self.n,
         )
 

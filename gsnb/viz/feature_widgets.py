@@ -128,6 +128,19 @@ class FeatureInspector(parts.WidgetView):
         self.density.layout.shapes = density_marker(self.stats.density, f)
         self._show_text()
 
+    def static_parts(self) -> list[str]:
+        """The panels of the feature shown, as :meth:`static_html` draws them."""
+        text = self.colored.value and f"<b>Your text</b>{self.colored.value}"
+        return [
+            self.message.value,
+            self.header.value,
+            parts.figures_html(self.histogram, self.logits),
+            f"<b>Top examples</b>{self.top.value}",
+            f"<b>Samples by quantile</b>{self.quantiles.value}",
+            text,
+            parts.figures_html(self.density),
+        ]
+
     def find(self, query: str) -> list[int]:
         """Features whose top examples peak on, or whose decoder promotes, a token containing
         ``query`` (case-insensitive), most matches first; they fill ``matches``, and the first
@@ -250,6 +263,15 @@ class PromptInspector(parts.WidgetView):
                 label = f"{name} #{f}: {v:.3g} at {pos} {self.str_tokens[pos]!r}"
                 options.setdefault((name, f), label)
         self.choice.options = [(label, key) for key, label in options.items()]
+
+    def static_parts(self) -> list[str]:
+        """The prompt, the heatmap and the table, as :meth:`static_html` draws them."""
+        return [
+            parts.text_html(f"prompt: {self.prompt.value!r} · top {self.k.value}"),
+            self.message.value,
+            parts.figures_html(self.figure),
+            self.table.value,
+        ]
 
     def open(self, name: str | None = None, feature: int | None = None) -> None:
         """Show a feature (default: the dropdown's) in the inspector for its SAE."""

@@ -12,7 +12,7 @@ from gsnb.circuits.graph_labels import feature_labels, stats_by_layer
 from gsnb.viz.feature_widgets import FeatureInspector
 from gsnb.viz.graph_plot import attribution_graph
 from gsnb.viz.pages import figure_page
-from gsnb.viz.widget_parts import WidgetView
+from gsnb.viz.widget_parts import WidgetView, figures_html
 
 
 class GraphView(WidgetView):
@@ -21,7 +21,8 @@ class GraphView(WidgetView):
     >>> stats = gsnb.feature_stats(model, transcoders, corpus)   # optional dashboards
     >>> view = gsnb.GraphView(graph, stats=stats, labels={node: "Texas"})
     >>> view            # displays in a notebook
-    >>> view.to_html("graph.html")   # a static page that works offline
+    >>> view.to_html("graph.html")   # a page that works offline (plotly.js inlined)
+    >>> view.static_html()           # what readers without a kernel show (SVG, no script)
 
     Args:
         graph: a :class:`gsnb.Graph` from :func:`gsnb.trace` (unpruned; the sliders prune it),
@@ -117,6 +118,17 @@ class GraphView(WidgetView):
             f"{self._pruned.n_features} features · replacement {scores.replacement:.2f} · "
             f"completeness {scores.completeness:.2f}"
         )
+
+    def static_parts(self) -> list[str]:
+        """The pruned graph (node labels as tooltips), the selection and the open dashboard,
+        as :meth:`static_html` draws them."""
+        shown = self.inspector is not None and bool(self.inspector_box.children)
+        return [
+            self.scores.value,
+            figures_html(self.figure),
+            self.details.value,
+            *(self.inspector.static_parts() if shown else []),
+        ]
 
     def _clicked(self, trace, points, _state) -> None:
         if not points.point_inds:

@@ -153,7 +153,8 @@ def _by_kind(results: Mapping) -> dict[str, list[tuple[int, object]]]:
 
 
 def l0_vs_delta_loss(results: Mapping, title: str = "Delta LM loss against L0") -> go.Figure:
-    """The Gemma Scope paper's fidelity plot: one point per SAE, coloured by site kind.
+    """The Gemma Scope paper's fidelity plot: one point per SAE, coloured by site kind; hovering
+    a point shows its loss recovered against zero and mean ablation as well.
 
     Args:
         results: ``{name: EvalResult}`` with names like ``"resid_post.3"`` or
@@ -168,15 +169,16 @@ def l0_vs_delta_loss(results: Mapping, title: str = "Delta LM loss against L0") 
                 mode="markers",
                 name=kind,
                 text=[f"layer {layer}" for layer, _ in items],
+                customdata=[[r.loss_recovered_zero, r.loss_recovered_mean] for _, r in items],
                 marker=dict(
                     size=9,
                     color=[layer for layer, _ in items],
                     colorscale="Viridis",
                     line=dict(width=1, color="black"),
                 ),
-                hovertemplate="%{text}<br>L0 %{x:.1f}<br>delta loss %{y:.4f}<extra>"
-                + kind
-                + "</extra>",
+                hovertemplate="%{text}<br>L0 %{x:.1f}<br>delta loss %{y:.4f}"
+                "<br>loss recovered %{customdata[0]:.1%} (zero) / %{customdata[1]:.1%} (mean)"
+                "<extra>" + kind + "</extra>",
             )
         )
     fig.update_layout(
@@ -190,7 +192,8 @@ def l0_vs_delta_loss(results: Mapping, title: str = "Delta LM loss against L0") 
 
 
 def metric_by_layer(results: Mapping, metric: str = "fvu", title: str | None = None) -> go.Figure:
-    """One line per site kind of ``metric`` (an :class:`EvalResult` field) against layer."""
+    """One line per site kind of ``metric`` (an :class:`EvalResult` field, such as ``"fvu"``,
+    ``"delta_loss"`` or ``"loss_recovered_mean"``) against layer."""
     fig = go.Figure()
     for kind, items in _by_kind(results).items():
         fig.add_trace(

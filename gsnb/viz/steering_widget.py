@@ -121,6 +121,20 @@ class SteeringPlayground(parts.WidgetView):
         picks the first."""
         return self.searcher.find(query)
 
+    def static_parts(self) -> list[str]:
+        """The settings, completions and sweep, as :meth:`static_html` draws them."""
+        unit = "x max activation" if self._stats() is not None else "strength"
+        return [
+            parts.text_html(
+                f"{self.sae_picker.value} · feature {self.feature.value} · {unit} "
+                f"{self.strength.value:g} · prompt {self.prompt.value!r}"
+            ),
+            self.info.value,
+            self.message.value,
+            self.completions.value,
+            parts.figures_html(self.figure),
+        ]
+
     def _picked_match(self, feature: int) -> None:
         self.feature.value = feature
 

@@ -1,5 +1,5 @@
 """Parts the widgets share: naming the SAEs and their stats, showing messages, redrawing a
-figure in place, and the feature search box. Every message that may hold user text is built
+figure in place, the static snapshot in every widget's display, and the feature search box. Every message that may hold user text is built
 here and escaped here."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 from gsnb.analysis.features import FeatureStats
 from gsnb.analysis.search import feature_tokens, search_features
 from gsnb.saes.sae import JumpReLUSAE, named
+from gsnb.viz.static_figures import figure_svg
 
 
 def sae_dict(saes) -> dict[str, JumpReLUSAE]:
@@ -73,14 +74,42 @@ def note_html(text: str) -> str:
 
 
 class WidgetView:
-    """A view whose controls sit in one ``widget``: the notebook displays that widget."""
+    """A view whose controls sit in one ``widget``.
+
+    Its rich display holds two representations: the live widget
+    (``application/vnd.jupyter.widget-view+json``), which front ends with a widget manager
+    (JupyterLab, Notebook, VS Code, Colab) show, and :meth:`static_html`, a snapshot of the
+    state when it was displayed, which readers without one (GitHub, nbviewer, nbconvert) show.
+    A notebook that stores the widget state (``jupyter nbconvert --execute`` does) makes
+    nbconvert embed the widget instead; ``--ExecutePreprocessor.store_widget_state=False``
+    keeps the snapshot.
+    """
 
     widget: widgets.Widget
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
+    def static_parts(self) -> list[str]:
+        """The current state as HTML pieces, top to bottom (each escaped where it holds text)."""
+        raise NotImplementedError
 
-        display(self.widget)
+    def static_html(self) -> str:
+        """The current state as self-contained HTML: no script, no network, figures as SVG."""
+        note = f"{type(self).__name__}: a snapshot; run the notebook for the live widget"
+        body = "".join(f"<div>{piece}</div>" for piece in self.static_parts() if piece)
+        return (
+            f"<div class='gsnb-static' style='font-family:sans-serif'>"
+            f"<div style='color:#888;font-size:smaller'>{text_html(note)}</div>{body}</div>"
+        )
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        bundle = self.widget._repr_mimebundle_()
+        bundle["text/html"] = self.static_html()
+        return bundle
+
+
+def figures_html(*figures: go.Figure | None) -> str:
+    """Figures (or FigureWidgets) with traces as inline SVG side by side; empty ones left out."""
+    svgs = [figure_svg(go.Figure(fig)) for fig in figures if fig is not None and fig.data]
+    return f"<div style='display:flex;flex-wrap:wrap;gap:8px'>{''.join(svgs)}</div>" if svgs else ""
 
 
 def draw(target: go.FigureWidget, fig: go.Figure | None) -> None:

@@ -3,6 +3,8 @@
 :class:`FeatureInspector` and :class:`PromptInspector` live in :mod:`gsnb.viz.feature_widgets`,
 :class:`SteeringPlayground` in :mod:`gsnb.viz.steering_widget`, the parts they share in
 :mod:`gsnb.viz.widget_parts`; :class:`gsnb.GraphView` is in :mod:`gsnb.viz.graph_view`.
+Each displays with a static snapshot beside the live widget (``view.static_html()``), its
+figures drawn as SVG by :mod:`gsnb.viz.static_figures`.
 """
 
 from gsnb.viz.feature_widgets import FeatureInspector, PromptInspector
