@@ -27,7 +27,8 @@ def make_tokens(seed: int = 0) -> torch.Tensor:
 
 def run(model, out, **kw):
     tokens = kw.pop("tokens", None)
-    args = dict(batch_size=3, shard_windows=4, progress=False) | kw
+    # float32 unless a test says otherwise: most tests compare values at float32 precision.
+    args = dict(batch_size=3, shard_windows=4, progress=False, dtype=torch.float32) | kw
     return cache_activations(model, make_tokens() if tokens is None else tokens, SITES, out, **args)
 
 
@@ -52,10 +53,15 @@ def nearest_rows(batch, full):
     return row_indices(full[nearest.indices], full), nearest.values
 
 
-def test_shards_equal_run_with_cache_values(model, tmp_path):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shards_equal_run_with_cache_values(model, tmp_path, dtype):
+    """float32 shards hand over the forward pass's own tensors; bfloat16 ones go through the
+    reused host buffers (pinned on CUDA). Both must hold exactly a plain forward's values."""
     tokens = make_tokens()
-    out = run(model, tmp_path / "c", tokens=tokens)
-    _, direct = model.run_with_cache(tokens, SITES)
+    out = run(model, tmp_path / "c", tokens=tokens, dtype=dtype)
+    # The cache's batches of 3 windows: the same arithmetic, so the values agree bit for bit.
+    batches = [model.run_with_cache(tokens[b0 : b0 + 3], SITES)[1] for b0 in range(0, N_WINDOWS, 3)]
+    direct = {s: torch.cat([b[s] for b in batches]) for s in SITES}
     manifest = json.loads((out / "manifest.json").read_text())
     assert (
         manifest["sites"] == SITES
@@ -67,13 +73,13 @@ def test_shards_equal_run_with_cache_values(model, tmp_path):
         # Read with the safetensors library itself: our writer must produce standard files.
         shards = [load_file(out / site / f"shard_{i:05d}.safetensors")["acts"] for i in range(3)]
         assert [s.shape[0] for s in shards] == [4 * SEQ, 4 * SEQ, 2 * SEQ]
-        expected = direct[site].reshape(-1, model.site_width(site))
-        torch.testing.assert_close(torch.cat(shards), expected, rtol=1e-5, atol=1e-6)
+        expected = direct[site].reshape(-1, model.site_width(site)).to(dtype)
+        assert torch.equal(torch.cat(shards), expected)
     assert torch.equal(load_file(out / "tokens.safetensors")["tokens"], tokens)
 
 
-def test_bf16_storage_rounds_the_float32_values(gemma3, tmp_path):
-    out = run(gemma3, tmp_path / "c", dtype=torch.bfloat16)
+def test_bf16_storage_is_the_default_and_rounds_the_float32_values(gemma3, tmp_path):
+    out = cache_activations(gemma3, make_tokens(), SITES, tmp_path / "c", progress=False)
     store = ActivationStore(out)
     _, direct = gemma3.run_with_cache(make_tokens(), ["mlp_out.1"])
     loaded = store.load("mlp_out.1")
@@ -84,9 +90,12 @@ def test_bf16_storage_rounds_the_float32_values(gemma3, tmp_path):
     assert next(store.batches("mlp_out.1", 8)).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("crash_in", ["writer", "forward"])
-def test_interrupted_run_resumes_to_bit_identical_files(gemma3, tmp_path, monkeypatch, crash_in):
-    reference = run(gemma3, tmp_path / "reference")
+def test_interrupted_run_resumes_to_bit_identical_files(
+    gemma3, tmp_path, monkeypatch, crash_in, dtype
+):
+    reference = run(gemma3, tmp_path / "reference", dtype=dtype)
     calls = {"n": 0}
     if crash_in == "writer":
         real = AtomicFile.commit
@@ -108,7 +117,7 @@ def test_interrupted_run_resumes_to_bit_identical_files(gemma3, tmp_path, monkey
 
         monkeypatch.setattr(gemma3, "run_with_cache", flaky)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run(gemma3, tmp_path / "resumed")
+        run(gemma3, tmp_path / "resumed", dtype=dtype)
     finished = json.loads((tmp_path / "resumed" / "manifest.json").read_text())["finished"]
     assert finished == ([0] if crash_in == "writer" else [0, 1])
     monkeypatch.undo()
@@ -122,12 +131,12 @@ def test_interrupted_run_resumes_to_bit_identical_files(gemma3, tmp_path, monkey
         "run_with_cache",
         lambda t, *a, **k: forwards.append(len(t)) or real_forward(t, *a, **k),
     )
-    run(gemma3, tmp_path / "resumed")
+    run(gemma3, tmp_path / "resumed", dtype=dtype)
     # Only batches touching unfinished shards run again (batches of 3 windows, shards of 4).
     assert forwards == ([3, 3, 1] if crash_in == "writer" else [3, 1])
     assert file_bytes(tmp_path / "resumed") == file_bytes(reference)
     forwards.clear()
-    run(gemma3, tmp_path / "resumed")  # a finished cache: nothing to compute
+    run(gemma3, tmp_path / "resumed", dtype=dtype)  # a finished cache: nothing to compute
     assert forwards == [] and file_bytes(tmp_path / "resumed") == file_bytes(reference)
 
 
@@ -288,3 +297,41 @@ def test_streamed_shards_read_back_identically_through_the_safetensors_library(t
     tokens = torch.randint(0, 2**40, (3, 4))
     write_tensor(tmp_path / "tokens.safetensors", "tokens", tokens, {"k": "v"})
     assert torch.equal(load_file(tmp_path / "tokens.safetensors")["tokens"], tokens)
+
+
+def test_host_copies_reuse_their_buffers_and_hand_over_tensors_already_in_the_dtype():
+    from gsnb.saes.host_copies import HostCopies
+
+    widths = {"mlp_in.1": 5, "mlp_out.1": 3}
+    acts = {s: torch.randn(2, 4, w) for s, w in widths.items()}
+    same = HostCopies(widths, torch.float32, "cpu", batch_size=2, seq_len=4, slots=1).stage(acts)
+    assert all(same.host[s] is acts[s] for s in widths)  # no copy at all
+
+    copies = HostCopies(widths, torch.bfloat16, "cpu", batch_size=2, seq_len=4, slots=1)
+    first = copies.stage(acts)
+    first.wait()
+    assert all(torch.equal(first.host[s], acts[s].to(torch.bfloat16)) for s in widths)
+    pointers = {s: first.host[s].data_ptr() for s in widths}
+    first.release()
+    short = {s: a[:1] * 2 for s, a in acts.items()}  # a last batch may be shorter
+    second = copies.stage(short)
+    second.wait()
+    assert {s: second.host[s].data_ptr() for s in widths} == pointers  # the same buffers again
+    assert all(torch.equal(second.host[s], short[s].to(torch.bfloat16)) for s in widths)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_host_copies_on_cuda_are_pinned_and_equal_the_device_values():
+    from gsnb.saes.host_copies import HostCopies
+
+    widths = {"resid_post.0": 64}
+    copies = HostCopies(widths, torch.bfloat16, "cuda", batch_size=4, seq_len=8, slots=2)
+    for _ in range(3):  # more batches than slots: released buffers serve the next one
+        device = {"resid_post.0": torch.randn(4, 8, 64, device="cuda") * 3}
+        expected = device["resid_post.0"].to(torch.bfloat16).cpu()
+        batch = copies.stage(device)
+        del device  # its memory must not be reused before the copy has read it
+        batch.wait()
+        host = batch.host["resid_post.0"]
+        assert host.is_pinned() and torch.equal(host, expected)
+        batch.release()

@@ -188,9 +188,22 @@ class ShardWriter:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="gsnb-cache-writer")
         self._pending: deque[Future] = deque()
 
-    def submit(self, i: int, rows: int, parts: dict[str, torch.Tensor], last: bool) -> None:
-        """Queue ``parts`` (site -> ``[n, width]`` CPU rows) for shard ``i`` of ``rows`` rows."""
-        self._pending.append(self._pool.submit(self._write, i, rows, parts, last))
+    def submit(
+        self,
+        i: int,
+        rows: int,
+        parts: dict[str, torch.Tensor],
+        last: bool,
+        ready: Callable[[], None] | None = None,
+        done: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue ``parts`` (site -> ``[n, width]`` CPU rows) for shard ``i`` of ``rows`` rows.
+
+        ``ready()`` runs on the writer thread before ``parts`` is read (it waits for copies still
+        under way); ``done()`` runs there once ``parts`` is no longer needed, written or not.
+        """
+        job = self._pool.submit(self._write, i, rows, parts, last, ready, done)
+        self._pending.append(job)
         while len(self._pending) > self.max_pending:
             self._pending.popleft().result()
 
@@ -207,22 +220,28 @@ class ShardWriter:
                 f.abandon()
         self._open.clear()
 
-    def _write(self, i: int, rows: int, parts: dict[str, torch.Tensor], last: bool) -> None:
-        if self._failed:
-            return
+    def _write(self, i: int, rows: int, parts, last: bool, ready, done) -> None:
         try:
-            files = self._open.get(i) or self._start(i, rows)
-            for s, f in files.items():
-                f.write(raw(parts[s]))
-                f.writeback()
-            if last:
-                for f in files.values():
-                    f.commit()
-                del self._open[i]
-                self.on_done(i)
-        except BaseException as err:
-            self._failed.append(err)
-            raise
+            if self._failed:
+                return
+            try:
+                if ready is not None:
+                    ready()
+                files = self._open.get(i) or self._start(i, rows)
+                for s, f in files.items():
+                    f.write(raw(parts[s]))
+                    f.writeback()
+                if last:
+                    for f in files.values():
+                        f.commit()
+                    del self._open[i]
+                    self.on_done(i)
+            except BaseException as err:
+                self._failed.append(err)
+                raise
+        finally:
+            if done is not None:  # even after a failure: the caller may be waiting for buffers
+                done()
 
     def _start(self, i: int, rows: int) -> dict[str, AtomicFile]:
         spec = self.spec
