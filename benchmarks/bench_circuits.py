@@ -37,9 +37,10 @@ circuit-tracer's own CLT layout (``W_enc_{L}.safetensors``, ``W_dec_{L}.safetens
 
 Defaults: width 4096, 500 feature nodes, 2 runs of each (about 10 minutes on 2 busy cores);
 ``--small``: width 1024, 200 feature nodes, 1 run of each (about 4 minutes);
-``--large``: the first 64 tokens of LONG_PROMPT, 18 transcoders of width 16384, 5000 feature
-nodes, 1 run of each (about 1 hour on 2 busy cores, peak RSS several GiB per process; see
-the README's benchmark notes).
+``--large``: the first 64 tokens of LONG_PROMPT, 18 transcoders of width 16384 (mean L0 120,
+~138k active features), 5000 feature nodes, 1 run of each (estimated 15-25 minutes on 2 cores
+and ~16 GB of free memory: runs with 256 and 640 feature nodes took 6-10 minutes, with peak
+RSS 10.4 GB for circuit-tracer and 4.7 / 5.5 GB for gsnb; see the README's benchmark notes).
 
 Parts shared with ``bench_gpu.py`` (which runs the same workers on a GPU in bfloat16): the
 random suites come from ``random_transcoders.py``, each attribution runs in
