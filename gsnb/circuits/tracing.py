@@ -163,27 +163,26 @@ def visit_features(
     on the outputs (``logit_rows [n_outputs, n_sources]`` weighted by ``logit_weights
     [n_outputs]``), recomputed as rows arrive, until ``budget`` features are done.
 
-    Only visited rows are kept: ``[budget, n_sources]`` float32, on the GPU when it has room for
-    them (else in host memory), beside their normalised feature block ``[budget, n_features]``
-    that the influence estimate reads. The returned rows are on the CPU."""
+    Only visited rows are kept, in one buffer ``[budget, n_sources]`` float32: on the GPU while
+    it has room for them, else in host memory. The returned rows are on the CPU."""
     n_feat, device = rows.n_features, rows.device
     budget = min(budget, n_feat)
     store = _store_device(device, budget * rows.n_sources * 4)
     kept = torch.empty(budget, rows.n_sources, device=store)
-    block = torch.empty(budget, n_feat, device=device)  # |row| / sum|row|, feature sources only
+    inverse_sums = torch.empty(budget, device=store)  # 1 / sum|row|, as pruning normalises
     order = torch.empty(budget, dtype=torch.long, device=device)
     visited = torch.zeros(n_feat, dtype=torch.bool, device=device)
     direct = logit_weights.to(device) @ normalize(logit_rows.to(device))[:, :n_feat]
     done = 0
     bar = tqdm(total=budget, desc="attribution", disable=not progress, unit="feature")
     while done < budget:
-        influence = _feature_influence(direct, order[:done], block[:done])
+        influence = _feature_influence(direct, order[:done], kept[:done], inverse_sums[:done])
         influence[visited] = -1.0
         take = min(batch_size, budget - done)
         chosen = influence.topk(take).indices
         new = rows.of_features(chosen)
         kept[done : done + take] = new.to(store)
-        block[done : done + take] = normalize(new)[:, :n_feat]
+        inverse_sums[done : done + take] = 1 / new.abs().sum(1).clamp_min(1e-10).to(store)
         order[done : done + take] = chosen
         visited[chosen] = True
         done += take
@@ -193,16 +192,26 @@ def visit_features(
     return Visited(order.cpu(), kept.cpu())
 
 
+INFLUENCE_CHUNK = 256
+"""Visited rows per block of the influence estimate: its temporaries stay this many rows."""
+
+
 def _feature_influence(
-    direct: torch.Tensor, visited: torch.Tensor, block: torch.Tensor
+    direct: torch.Tensor, visited: torch.Tensor, kept: torch.Tensor, inverse_sums: torch.Tensor
 ) -> torch.Tensor:
     """``[n_feat]`` estimated influence of every feature on the outputs: the outputs' direct
-    normalised effects ``direct [n_feat]`` plus their propagation through the normalised rows
-    ``block [n_visited, n_feat]`` of the features visited so far (``visited [n_visited]``, the
-    only rows that are nonzero; rows normalised over all their sources, as in pruning)."""
+    normalised effects ``direct [n_feat]`` plus their propagation through the rows ``kept
+    [n_visited, n_sources]`` of the features visited so far (``visited [n_visited]``, the only
+    nonzero rows), each normalised by ``inverse_sums [n_visited]`` as pruning normalises."""
+    n_feat = len(direct)
     total, current = direct, direct
-    for _ in range(len(direct)):
-        current = current[visited] @ block
+    for _ in range(n_feat):
+        weights = current[visited]
+        current = torch.zeros_like(direct)
+        for start in range(0, len(visited), INFLUENCE_CHUNK):
+            block = kept[start : start + INFLUENCE_CHUNK, :n_feat].to(direct.device).abs()
+            scale = inverse_sums[start : start + INFLUENCE_CHUNK].to(direct.device)
+            current += (weights[start : start + INFLUENCE_CHUNK] * scale) @ block
         if float(current.abs().sum()) < 1e-12:
             break
         total = total + current
@@ -242,12 +251,14 @@ def assemble_graph(
     logit_rows = logit_rows.cpu()
     n_feat, n_sources = len(active), rows.n_sources
     keep = visited.order.sort().values
-    feature_rows = visited.rows[visited.order.argsort()]
     keep_sources = torch.cat([keep, torch.arange(n_feat, n_sources)])
     n_kept_sources = len(keep_sources)
     n_nodes = n_kept_sources + len(outputs.tokens)
     adjacency = torch.zeros(n_nodes, n_nodes)
-    adjacency[: len(keep), :n_kept_sources] = feature_rows[:, keep_sources]
+    # Visited rows land at their node (rank among the kept features), columns gathered first:
+    # no reordered copy of all visited rows is made.
+    node_of_row = torch.searchsorted(keep, visited.order)
+    adjacency[node_of_row, :n_kept_sources] = visited.rows[:, keep_sources]
     adjacency[n_kept_sources:, :n_kept_sources] = logit_rows[:, keep_sources]
     return Graph(
         model_name=model.name,
