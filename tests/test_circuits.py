@@ -407,3 +407,24 @@ def test_missing_or_misplaced_transcoders_are_named():
     with pytest.raises(ValueError, match=r"logit_prob=0 must be in \(0, 1\]"):
         trace(model, transcoders, PROMPT, logit_prob=0)
     assert gsnb.core.hooks.count_hooks(model.hf) == 0
+
+
+def test_influence_estimate_equals_the_dense_power_series():
+    """visit_features' estimate against ``direct (I - A)^-1`` with ``A`` the dense normalised
+    matrix whose only nonzero rows are the visited features' (lower-triangular: acyclic)."""
+    from gsnb.circuits.pruning import normalize
+    from gsnb.circuits.tracing import _feature_influence
+
+    gen = torch.Generator().manual_seed(0)
+    n_feat, n_other = 40, 7
+    visited = torch.randperm(n_feat, generator=gen)[:15]
+    rows = torch.randn(len(visited), n_feat + n_other, generator=gen)
+    for i, target in enumerate(visited.tolist()):
+        rows[i, target:n_feat] = 0.0  # a feature's sources come before it
+    direct = torch.rand(n_feat, generator=gen)
+    dense = torch.zeros(n_feat, n_feat)
+    dense[visited] = normalize(rows)[:, :n_feat]
+    expected = direct @ torch.linalg.inv(torch.eye(n_feat) - dense)
+    got = _feature_influence(direct, visited, rows, 1 / rows.abs().sum(1))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(_feature_influence(direct, visited[:0], rows[:0], rows[:0, 0]), direct)

@@ -202,19 +202,29 @@ def _feature_influence(
     """``[n_feat]`` estimated influence of every feature on the outputs: the outputs' direct
     normalised effects ``direct [n_feat]`` plus their propagation through the rows ``kept
     [n_visited, n_sources]`` of the features visited so far (``visited [n_visited]``, the only
-    nonzero rows), each normalised by ``inverse_sums [n_visited]`` as pruning normalises."""
-    n_feat = len(direct)
-    total, current = direct, direct
-    for _ in range(n_feat):
-        weights = current[visited]
-        current = torch.zeros_like(direct)
-        for start in range(0, len(visited), INFLUENCE_CHUNK):
-            block = kept[start : start + INFLUENCE_CHUNK, :n_feat].to(direct.device).abs()
-            scale = inverse_sums[start : start + INFLUENCE_CHUNK].to(direct.device)
-            current += (weights[start : start + INFLUENCE_CHUNK] * scale) @ block
-        if float(current.abs().sum()) < 1e-12:
+    nonzero rows), each normalised by ``inverse_sums [n_visited]`` as pruning normalises.
+
+    With ``B`` those normalised rows and ``C = B[:, visited]``, the series ``direct (A + A^2 +
+    ...)`` over the visited rows is ``direct + direct[visited] (I + C + C^2 + ...) B``: the
+    powers run on the small ``[n_visited, n_visited]`` block, and the large rows are read once."""
+    if len(visited) == 0:
+        return direct
+    device, n_feat = direct.device, len(direct)
+    scale = inverse_sums.to(device)
+    among_visited = kept[:, visited.to(kept.device)].to(device).abs() * scale[:, None]
+    step = direct[visited]
+    weights = step
+    for _ in range(len(visited)):
+        step = step @ among_visited
+        if float(step.abs().sum()) < 1e-12:
             break
-        total = total + current
+        weights = weights + step
+    total = direct.clone()
+    for start in range(0, len(visited), INFLUENCE_CHUNK):
+        block = kept[start : start + INFLUENCE_CHUNK, :n_feat].to(device).abs()
+        total += (
+            weights[start : start + INFLUENCE_CHUNK] * scale[start : start + INFLUENCE_CHUNK]
+        ) @ block
     return total
 
 
