@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from gsnb.circuits.tracing import trace
 from gsnb.core.model import Model
+from gsnb.core.precision import float32_compute
 
 COPIES = {"aten._to_copy.default", "aten.clone.default", "aten.copy_.default"}
 
@@ -92,8 +93,14 @@ def test_tracing_bfloat16_weights_never_copies_them_and_matches_float32():
     with watch:
         graph = trace(half, half_transcoders, PROMPT, progress=False, target=direction)
     embedding = text.embed_tokens.weight.numel()
-    big = [(name, n) for name, n in watch.copies if name != "embedding" or n >= embedding]
-    assert big == [], f"copies of the model's or the transcoders' large weights: {big}"
+    whole = [(name, n) for name, n in watch.copies if name == "embedding" and n >= embedding]
+    assert whole == [], "the embedding (the unembedding too) was copied whole"
+    transcoder_copies = [name for name, _ in watch.copies if name.startswith("W_")]
+    assert transcoder_copies == [], f"copies of the transcoders' weights: {transcoder_copies}"
+    # The prompt's forward pass converts each layer's weights once, for that layer alone
+    # (see test_float32_compute_holds_one_layer_in_float32_at_a_time).
+    layer_copies = [name for name, _ in watch.copies if name.startswith(("mlp.", "attn."))]
+    assert sorted(layer_copies) == sorted(k for k in watched if k.startswith(("mlp.", "attn.")))
     assert all(tc.W_enc.dtype == torch.bfloat16 for tc in half_transcoders)
     assert graph.context.replacement.frozen.embed.dtype == torch.float32
 
@@ -135,3 +142,40 @@ def test_transcoders_on_another_device_are_refused_with_the_fix():
         ValueError, match=r"layer 0 is on meta but the model is on cpu.*\.to\('cpu'\)"
     ):
         trace(model, elsewhere, PROMPT, progress=False)
+
+
+def test_float32_compute_holds_one_layer_in_float32_at_a_time():
+    full, half = models()
+    layers = half.text_model.layers
+    seen = []
+
+    def record(module, args):
+        assert args[0].dtype == torch.float32  # the residual stream arrives in float32
+        per_layer = [all(p.dtype == torch.float32 for p in b.parameters()) for b in layers]
+        assert per_layer == [b is module for b in layers]
+        seen.append(module)
+
+    tokens = half.to_tokens(PROMPT)
+    with torch.no_grad(), float32_compute(half):
+        # Registered after float32_compute's own hooks, so these see what the layer runs with.
+        handles = [block.register_forward_pre_hook(record) for block in layers]
+        try:
+            logits = half(tokens)
+        finally:
+            for handle in handles:
+                handle.remove()
+    assert len(seen) == len(layers)
+    assert {p.dtype for p in half.hf.parameters()} == {torch.bfloat16}
+    assert (
+        type(half.hf.get_output_embeddings()).forward
+        is half.hf.get_output_embeddings().forward.__func__
+    )
+    # Its logits are closer to the float32 model's on the same (rounded) weights than the plain
+    # bfloat16 pass's: what is left comes from the embedding scale and the rotary tables, which
+    # the model makes in bfloat16 before any layer runs.
+    assert logits.dtype == torch.float32
+    with torch.no_grad():
+        reference, plain_logits = full(tokens), half(tokens).float()
+    error = float((logits - reference).abs().max())
+    plain = float((plain_logits - reference).abs().max())
+    assert error < 0.01 * float(reference.abs().max()) and plain > 2 * error, (error, plain)

@@ -29,6 +29,7 @@ import torch
 
 from gsnb.circuits.targets import unembedding_blocks
 from gsnb.core.gemma import Gemma, norm_gain
+from gsnb.core.precision import float32_compute
 from gsnb.core.sites import parse_site, transcoder_layer
 from gsnb.saes.clt import ActiveRows, CrossLayerTranscoder, PerLayerTranscoders, reconstruct
 from gsnb.saes.sae import describe
@@ -137,6 +138,10 @@ def _rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
 def freeze_prompt(model, transcoders, tokens: torch.Tensor) -> FrozenPrompt:
     """Run the model once on ``tokens [pos]`` and keep what the replacement model freezes.
 
+    The pass computes in float32 even for a bfloat16 model (:func:`float32_compute`: one
+    layer's weights converted at a time), so the graph is the model's computation, not its
+    rounding.
+
     ``transcoders``: a list of per-layer transcoders, or a stack (see :func:`as_stack`)."""
     stack = as_stack(transcoders)
     sites = ["embed"] + [
@@ -145,7 +150,8 @@ def freeze_prompt(model, transcoders, tokens: torch.Tensor) -> FrozenPrompt:
         for site in (f"attn_out.{layer}", stack.input_site(layer), f"mlp_out.{layer}")
         + (f"resid_post.{layer}",)
     ]
-    logits, patterns, cache = model.run_with_attention(tokens[None].to(model.device), sites)
+    with float32_compute(model):
+        logits, patterns, cache = model.run_with_attention(tokens[None].to(model.device), sites)
     eps, gemma = model.config.rms_norm_eps, Gemma(model)
     cache = {k: v[0].float() for k, v in cache.items()}
     rows = ActiveRows(stack)
