@@ -58,11 +58,12 @@ def worker_gsnb(args) -> dict:
     start = time.perf_counter()
     model = gsnb.load_model(args.gsnb_model or None, device=args.device, dtype=dtype)
     if args.clt:
-        transcoders = gsnb.CrossLayerTranscoder.load(Path(args.suite) / "gsnb")
-        transcoders = transcoders.to(device=args.device, dtype=dtype)
+        transcoders = gsnb.CrossLayerTranscoder.load(
+            Path(args.suite) / "gsnb", device=args.device, dtype=dtype
+        )
     else:
         transcoders = [
-            load_sae(args.suite, suite_id(layer, args.width), device=args.device).to(dtype)
+            load_sae(args.suite, suite_id(layer, args.width), device=args.device, dtype=dtype)
             for layer in range(model.n_layers)
         ]
     load_s = time.perf_counter() - start
