@@ -133,7 +133,7 @@ def test_tutorial_03_widgets_render_and_redraw_in_jupyterlab(browser, jupyterlab
         page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
         page.wait_for_function(  # the last exercise prints "correct: feature ..."
             "() => [...document.querySelectorAll('.jp-OutputArea-output')]"
-            ".some(e => e.innerText.includes('correct: feature'))",
+            ".some(e => e.textContent.includes('correct: feature'))",
             # On a fresh machine the notebook first trains the small suite it shares with 04.
             timeout=900_000,
             polling=1000,
@@ -141,7 +141,7 @@ def test_tutorial_03_widgets_render_and_redraw_in_jupyterlab(browser, jupyterlab
         errors = page.locator(
             ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
         )
-        assert "Traceback" not in " ".join(errors.all_inner_texts())
+        assert "Traceback" not in " ".join(errors.all_text_contents())
         inspector = page.locator(".gsnb-feature-inspector").first
         inspector.scroll_into_view_if_needed()
         page.wait_for_selector(".gsnb-feature-inspector .js-plotly-plot", timeout=30_000)
@@ -149,14 +149,17 @@ def test_tutorial_03_widgets_render_and_redraw_in_jupyterlab(browser, jupyterlab
         assert inspector.locator(".gsnb-tok").count() > 0  # coloured tokens
         assert page.locator(".gsnb-prompt-inspector .js-plotly-plot").count() >= 1  # heatmap
         header = inspector.locator(".gsnb-header")
-        current = int(header.inner_text().split()[1])
+        header.scroll_into_view_if_needed()
+        # textContent, not innerText: JupyterLab may skip rendering cells scrolled out of view,
+        # and innerText of unrendered content is empty.
+        current = int(header.text_content().split()[1])
         target = current + 1 if current < 500 else current - 1
         box = inspector.locator("input[type='number']").first
         box.fill(str(target))
         box.press("Enter")
         page.wait_for_function(
             "t => document.querySelector('.gsnb-feature-inspector .gsnb-header')"
-            ".innerText.startsWith('feature ' + t + ' ')",
+            ".textContent.startsWith('feature ' + t + ' ')",
             arg=target,
             timeout=20_000,
         )
@@ -170,11 +173,11 @@ def test_tutorial_03_widgets_render_and_redraw_in_jupyterlab(browser, jupyterlab
         for _ in range(30):  # "next" until a feature that fired in the corpus (shows examples)
             if inspector.locator(".gsnb-example .gsnb-tok").count():
                 break
-            shown = inspector.locator(".gsnb-header").inner_text()
+            shown = inspector.locator(".gsnb-header").text_content()
             inspector.locator("button:has-text('next')").click()
             page.wait_for_function(
                 "old => document.querySelector('.gsnb-feature-inspector .gsnb-header')"
-                ".innerText != old",
+                ".textContent != old",
                 arg=shown,
                 timeout=20_000,
             )
