@@ -60,11 +60,11 @@ def float32_compute(model) -> Iterator[None]:
         return torch.cat(blocks, dim=-1)
 
     handles = []
+    head.forward = head_forward
     try:
         for layer in model.text_model.layers:
             handles.append(layer.register_forward_pre_hook(before, with_kwargs=True))
             handles.append(layer.register_forward_hook(after))
-        head.forward = head_forward
         yield
     finally:
         for handle in handles:

@@ -227,9 +227,8 @@ class CrossLayerTranscoder(nn.Module):
     ) -> CrossLayerTranscoder:
         """Read a folder of ``params_layer_{s}.safetensors`` (and ``config.json`` if present).
 
-        Each tensor is read on its own and converted straight to ``dtype`` on ``device``: no
-        float32 copy of a bfloat16 CLT, and at most one layer's tensor in the file's dtype at a
-        time. ``lazy=True`` leaves the decoders in their files (:class:`LazyDecoders`), read
+        Each tensor is read a slice at a time straight into ``dtype`` on ``device``
+        (:func:`gsnb.core.tensor_files.read_tensor`): no float32 copy of a bfloat16 CLT. ``lazy=True`` leaves the decoders in their files (:class:`LazyDecoders`), read
         on demand: tracing reads only the rows of the features active on its prompt.
         ``overrides`` set :class:`CLTConfig` fields (``model_name=``, ``sae_id=``...)."""
         files = layer_files(Path(path))
