@@ -27,8 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from gsnb.circuits.targets import unembedding_blocks
-from gsnb.core.gemma import Gemma, norm_gain
+from gsnb.core.gemma import Gemma, norm_gain, unembedding_blocks
 from gsnb.core.precision import float32_compute
 from gsnb.core.sites import parse_site, transcoder_layer
 from gsnb.saes.clt import ActiveRows, CrossLayerTranscoder, PerLayerTranscoders, reconstruct

@@ -14,12 +14,13 @@ is never copied whole (Gemma's is its embedding, the largest matrix of the model
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
 
 from gsnb.analysis.metrics import LogitDiff, Metric, TokenMetric
+from gsnb.core.gemma import unembedding_blocks
 
 Target = Metric | torch.Tensor | Mapping[str, Metric | torch.Tensor]
 """What ``trace(target=...)`` takes: :func:`gsnb.logit_diff`, a direction ``[d_model]``, or a
@@ -38,17 +39,6 @@ class OutputTargets(NamedTuple):
     """Their names: the tokens' text, or the custom targets' labels."""
     directions: torch.Tensor
     """``[n, d_model]`` what each reads at the final norm's output, last position."""
-
-
-UNEMBEDDING_BLOCK = 32768
-"""Rows of the unembedding converted to float32 at a time."""
-
-
-def unembedding_blocks(W_U: torch.Tensor, device: torch.device | str) -> Iterator[torch.Tensor]:
-    """``W_U [vocab, d_model]`` as float32 blocks ``[<= UNEMBEDDING_BLOCK, d_model]`` of rows on
-    ``device``, in order (views, not copies, where ``W_U`` is float32 there already)."""
-    for start in range(0, W_U.shape[0], UNEMBEDDING_BLOCK):
-        yield W_U[start : start + UNEMBEDDING_BLOCK].to(device=device, dtype=torch.float32)
 
 
 def unembedding_rows(W_U: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

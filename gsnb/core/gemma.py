@@ -13,6 +13,8 @@ modules.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -27,6 +29,17 @@ def norm_gain(norm: nn.Module) -> torch.Tensor:
     if not (hasattr(norm, "eps") and hasattr(norm, "weight")):
         raise TypeError(f"{type(norm).__name__} is not Gemma's RMSNorm (it needs eps and weight)")
     return 1.0 + norm.weight.detach().float()
+
+
+UNEMBEDDING_BLOCK = 32768
+"""Rows of the unembedding converted to float32 at a time."""
+
+
+def unembedding_blocks(W_U: torch.Tensor, device: torch.device | str) -> Iterator[torch.Tensor]:
+    """``W_U [vocab, d_model]`` as float32 blocks ``[<= UNEMBEDDING_BLOCK, d_model]`` of rows on
+    ``device``, in order (views, not copies, where ``W_U`` is float32 there already)."""
+    for start in range(0, W_U.shape[0], UNEMBEDDING_BLOCK):
+        yield W_U[start : start + UNEMBEDDING_BLOCK].to(device=device, dtype=torch.float32)
 
 
 class Gemma:

@@ -17,8 +17,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-UNEMBEDDING_BLOCK = 32768
-"""Rows of the unembedding converted to float32 at once for the logits."""
+from gsnb.core.gemma import unembedding_blocks
 
 
 def _as_float32(value):
@@ -52,12 +51,8 @@ def float32_compute(model) -> Iterator[None]:
     head = model.hf.get_output_embeddings()
 
     def head_forward(hidden: torch.Tensor) -> torch.Tensor:
-        weight = head.weight
-        blocks = [
-            F.linear(hidden.float(), weight[start : start + UNEMBEDDING_BLOCK].float())
-            for start in range(0, weight.shape[0], UNEMBEDDING_BLOCK)
-        ]
-        return torch.cat(blocks, dim=-1)
+        blocks = unembedding_blocks(head.weight, hidden.device)
+        return torch.cat([F.linear(hidden.float(), block) for block in blocks], dim=-1)
 
     handles = []
     head.forward = head_forward
