@@ -44,7 +44,7 @@ from gsnb.saes.clt import CLTConfig, CrossLayerTranscoder
 from gsnb.saes.evals import EvalResult, evaluate, splice
 from gsnb.saes.releases import ReleaseInfo, list_releases, list_sae_ids, load_sae
 from gsnb.saes.sae import JumpReLUSAE, SAEConfig
-from gsnb.saes.suites import small_suite
+from gsnb.saes.suites import small_suite, tutorial_config, tutorial_suite
 from gsnb.saes.train import SuiteResult, TrainConfig, TrainResult, train_sae, train_suite
 
 # name -> (module, attribute or None for the module itself), imported on first use.
@@ -127,4 +127,6 @@ __all__ = [
     "trace",
     "train_sae",
     "train_suite",
+    "tutorial_config",
+    "tutorial_suite",
 ]

@@ -96,9 +96,11 @@ def hand_metrics(model, sae, tokens):
 
     inputs = {}
 
-    def replace(value):
+    def replace(value):  # BOS keeps the model's value: the SAE is spliced in elsewhere only
         source = inputs["x"] if sae.is_transcoder else value
-        return sae(source)
+        out = value.clone()
+        out[keep] = sae(source)[keep]
+        return out
 
     fns = {sae.site_out: replace}
     if sae.is_transcoder:
@@ -118,7 +120,13 @@ def hand_metrics(model, sae, tokens):
     mean = x_out.double().mean(0).float()  # over the non-BOS positions, as evaluate documents
     ce_ablated = {}
     for kind, fill in (("zero", torch.zeros_like(mean)), ("mean", mean)):
-        with model.hooks({sae.site_out: lambda v, fill=fill: fill.expand_as(v).clone()}):
+
+        def ablate(v, fill=fill):
+            out = v.clone()
+            out[keep] = fill
+            return out
+
+        with model.hooks({sae.site_out: ablate}):
             ablated = model(tokens)
         ce_ablated[kind] = float(F.cross_entropy(ablated[:, :-1].reshape(-1, vocab), target))
     return {
@@ -181,3 +189,24 @@ def test_evaluate_refuses_an_sae_of_another_width(gemma3):
         evaluate(gemma3, sae, windows())
     with pytest.raises(ValueError, match="integer ids"):
         evaluate(gemma3, random_sae(gemma3, "resid_post.0"), torch.zeros(2, 4))
+
+
+def test_evaluate_splices_and_ablates_everywhere_but_at_bos(gemma3):
+    """BOS keeps the model's own value: with a random SAE spliced in at the other positions, a
+    window's first prediction (made at BOS, which attends to nothing later) is the clean
+    model's, while splicing at every position changes it."""
+    sae = random_sae(gemma3, "resid_post.1")
+    tokens = windows(n=2)
+    keep = tokens != 2
+    with torch.no_grad():
+        clean = gemma3(tokens)
+        with splice(gemma3, sae, positions=keep):
+            spliced = gemma3(tokens)
+        with splice(gemma3, sae):
+            everywhere = gemma3(tokens)
+    assert torch.equal(spliced[:, 0], clean[:, 0])
+    assert not torch.allclose(everywhere[:, 0], clean[:, 0], atol=1e-3)
+    assert not torch.allclose(spliced[:, 1:], clean[:, 1:], atol=1e-3)
+    with pytest.raises(ValueError, match="one flag per token"):
+        with splice(gemma3, sae, positions=keep[:, :3]):
+            gemma3(tokens)

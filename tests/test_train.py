@@ -319,7 +319,7 @@ def test_two_processes_share_the_sites_and_match_one_process(tmp_path):
 
 
 def test_small_suite_trains_once_then_loads_from_the_cache(gemma3, tmp_path, monkeypatch):
-    import gsnb.saes.train
+    import gsnb.saes.suites
     from gsnb.saes.suites import small_suite
 
     monkeypatch.setenv("GSNB_CACHE", str(tmp_path))
@@ -342,7 +342,7 @@ def test_small_suite_trains_once_then_loads_from_the_cache(gemma3, tmp_path, mon
     def no_training(*args, **kwargs):
         raise AssertionError("the second call must load the cached suite")
 
-    monkeypatch.setattr(gsnb.saes.train, "train_suite", no_training)
+    monkeypatch.setattr(gsnb.saes.suites, "train_suite", no_training)
     again = small_suite(gemma3, kinds=("resid_post", "transcoder"), layers=[1], cfg=cfg)
     for name, sae in first.saes.items():
         assert torch.equal(again.saes[name].W_dec, sae.W_dec)
@@ -506,3 +506,41 @@ def test_small_suite_labels_each_sae_by_the_l0_it_reached(gemma3, tmp_path, monk
     assert list_sae_ids(suite.folder) == ["resid_post_all/layer_1_width_256_l0_big"]
     again = small_suite(gemma3, kinds=("resid_post",), layers=[1], cfg=cfg)  # from the cache
     assert torch.equal(again.saes["resid_post.1"].W_enc, suite.saes["resid_post.1"].W_enc)
+
+
+def test_tutorial_suite_is_one_suite_of_saes_and_transcoders_that_every_call_shares(
+    gemma3, tmp_path, monkeypatch
+):
+    import gsnb.saes.suites as suites
+
+    monkeypatch.setenv("GSNB_CACHE", str(tmp_path))
+    tiny = TrainConfig(d_sae=16, batch_size=64, n_tokens=6 * 64, seq_len=16, progress=False)
+    monkeypatch.setattr(suites, "tutorial_config", lambda small=False: tiny)
+    monkeypatch.setattr(suites, "TUTORIAL_LAYERS", (0, 1, 7))  # 7: beyond the tiny model's depth
+    monkeypatch.setattr(suites, "WIDE_LAYER", 1)
+    suite = suites.tutorial_suite(gemma3, small=True)
+    layers = range(gemma3.n_layers)
+    assert set(suite.saes) == {
+        "resid_post.0", "resid_post.1", "attn_out.0", "attn_out.1",
+        *(f"transcoder.{layer}" for layer in layers),
+    }  # fmt: skip
+    assert suite.steps == 6 and len(list(tmp_path.glob("suites/*"))) == 1
+
+    # The same targets asked of small_suite by kind are the same cached suite.
+    per_kind = {"resid_post": [0, 1], "attn_out": [0, 1], "transcoder": "all"}
+    with monkeypatch.context() as patch:
+        patch.setattr(suites, "train_suite", None)  # any training would fail
+        again = suites.small_suite(gemma3, ("resid_post", "attn_out", "transcoder"), per_kind, tiny)
+    assert again.folder == suite.folder and again.steps == suite.steps  # steps survive the cache
+    assert again.seconds == suite.seconds > 0
+    for name, sae in suite.saes.items():
+        assert torch.equal(again.saes[name].W_enc, sae.W_enc)
+    with pytest.raises(ValueError, match="layers is given for kinds"):
+        suites.small_suite(gemma3, ("resid_post", "attn_out"), {"resid_post": [0]}, tiny)
+
+    wide = suites.tutorial_suite(gemma3, small=True, wide=True)
+    assert list(wide.saes) == ["resid_post.1"] and wide.saes["resid_post.1"].d_sae == 4 * 16
+    # another seed: the wide SAE's first 16 encoder columns are not the narrow one's
+    assert not torch.allclose(
+        wide.saes["resid_post.1"].W_enc[:, :16], suite.saes["resid_post.1"].W_enc
+    )

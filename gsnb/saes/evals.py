@@ -93,13 +93,19 @@ class EvalResult:
 
 
 @contextmanager
-def splice(model, sae: JumpReLUSAE, error: bool = False) -> Iterator[None]:
+def splice(
+    model, sae: JumpReLUSAE, error: bool = False, positions: torch.Tensor | None = None
+) -> Iterator[None]:
     """Inside the block, ``model`` computes its site ``sae.site_out`` as the SAE's reconstruction.
 
     An SAE reconstructs its own site's value; a transcoder's output replaces ``mlp_out.L`` and is
     computed from ``mlp_in.L`` of the same forward pass. With ``error=True`` the error term
     ``x - x_hat`` is added back as a constant, so values (and logits) are exactly unchanged while
-    gradients flow through the SAE, as in sparse feature circuits.
+    gradients flow through the SAE, as in sparse feature circuits. ``positions`` (``[batch, pos]``
+    bool, for the tokens of the forward pass) limits the reconstruction to where it is True; the
+    other positions keep the model's own value. :func:`evaluate` passes the non-special tokens:
+    SAEs train without BOS, whose residual stream is huge and out of their distribution, and a
+    reconstruction there would change every later position through attention.
 
     >>> with splice(model, sae):
     ...     logits = model(tokens)   # [batch, pos, vocab] with the reconstruction in place
@@ -111,6 +117,8 @@ def splice(model, sae: JumpReLUSAE, error: bool = False) -> Iterator[None]:
 
     def reconstruct(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         x_hat = sae(x.to(sae.W_enc.device)).to(value.device, value.dtype)
+        if positions is not None:
+            x_hat = _at_positions(positions, x_hat, value)
         if not error:
             return x_hat
         # value + 0 in the forward pass (a - a is exactly 0), d/dx through x_hat in the backward.
@@ -131,6 +139,16 @@ def splice(model, sae: JumpReLUSAE, error: bool = False) -> Iterator[None]:
         yield
 
 
+def _at_positions(positions: torch.Tensor, new: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``new`` where ``positions`` ``[batch, pos]`` is True, else ``value`` (``[batch, pos, d]``)."""
+    if positions.shape != value.shape[:2]:
+        raise ValueError(
+            f"positions has shape {tuple(positions.shape)} but the forward pass has "
+            f"[batch, pos] = {tuple(value.shape[:2])}: pass one flag per token of the batch"
+        )
+    return torch.where(positions.to(value.device)[..., None], new, value)
+
+
 def evaluate(
     model,
     sae_or_suite,
@@ -146,7 +164,8 @@ def evaluate(
     after the deepest output site; special tokens left out); the main pass then runs,
     per batch, the clean model, each SAE spliced in, and zero and mean ablation of each distinct
     output site (shared by SAEs that write the same site). Ablation and splicing replace the
-    site at every position, and a transcoder's ablation replaces its output site ``mlp_out.L``.
+    site at every position but those of special tokens (BOS: SAEs never train on it, see
+    :func:`splice`), and a transcoder's ablation replaces its output site ``mlp_out.L``.
 
     Args:
         model: a :class:`gsnb.Model`.
@@ -194,12 +213,12 @@ def evaluate(
             n_pred += batch[:, 1:].numel()
             for site, mean in means.items():
                 for i, fill in enumerate((torch.zeros_like(mean), mean)):
-                    ablated[site][i] += _ablated_ce(model, batch, site, fill)
+                    ablated[site][i] += _ablated_ce(model, batch, site, fill, keep)
             for name, sae in saes.items():
                 acc[name].add_reconstruction(
                     sae, cache[sae.site_in][keep], cache[sae.site_out][keep]
                 )
-                with splice(model, sae):
+                with splice(model, sae, positions=keep):
                     spliced = model(batch)
                 ce, kl = _ce_kl(logits, spliced, batch)
                 acc[name].ce += ce
@@ -235,12 +254,14 @@ def _site_means(
     return {site: total / n for site, total in sums.items()}
 
 
-def _ablated_ce(model, tokens: torch.Tensor, site: str, fill: torch.Tensor) -> float:
+def _ablated_ce(
+    model, tokens: torch.Tensor, site: str, fill: torch.Tensor, positions: torch.Tensor
+) -> float:
     """Summed next-token cross-entropy of ``tokens`` ``[batch, pos]`` with ``site`` replaced by
-    ``fill`` ``[width]`` at every position."""
+    ``fill`` ``[width]`` where ``positions`` ``[batch, pos]`` is True."""
 
     def replace(value: torch.Tensor) -> torch.Tensor:
-        return fill.to(value.device, value.dtype).expand_as(value).clone()
+        return _at_positions(positions, fill.to(value.device, value.dtype).expand_as(value), value)
 
     with model.hooks({site: replace}):
         logits = model(tokens)
