@@ -140,7 +140,8 @@ def splice(
 
 
 def _at_positions(positions: torch.Tensor, new: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """``new`` where ``positions`` ``[batch, pos]`` is True, else ``value`` (``[batch, pos, d]``)."""
+    """``new`` where ``positions`` ``[batch, pos]`` is True, else ``value``; both
+    ``[batch, pos, d]``."""
     if positions.shape != value.shape[:2]:
         raise ValueError(
             f"positions has shape {tuple(positions.shape)} but the forward pass has "
