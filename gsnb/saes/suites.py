@@ -104,8 +104,9 @@ WIDE_LAYER = 6
 
 def tutorial_config(small: bool = False) -> TrainConfig:
     """The training recipe of :func:`tutorial_suite`: 2,048 features per SAE, 2^19 tokens in
-    batches of 4,096 (128 steps), L0 driven to 16; ``small`` shrinks it to 256 features and 2^14
-    tokens (4 steps), which shows the code path and nothing more.
+    batches of 4,096 (128 steps), L0 pulled towards 16 (the residual-stream SAEs and transcoders
+    end at 15 to 22, the attention-output SAEs at 28 to 36); ``small`` shrinks it to 256 features
+    and 2^14 tokens (4 steps), which shows the code path and nothing more.
 
     The learning rate is 1e-3, above the recipe's 2.8e-4 for 128 steps: Adam moves a threshold
     by about the learning rate per step, and at 2.8e-4 the thresholds had not climbed far
