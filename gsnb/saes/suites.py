@@ -146,7 +146,7 @@ def tutorial_suite(
     model = model if model is not None else load_model(device="cpu")
     cfg = tutorial_config(small)
     if wide:
-        cfg = dataclasses.replace(cfg, d_sae=4 * cfg.d_sae, seed=1)
+        cfg = dataclasses.replace(cfg, d_sae=4 * cfg.d_sae, seed=cfg.seed + 1)
         return small_suite(model, ("resid_post",), [WIDE_LAYER], cfg, progress)
     # One suite, so one stream of forward passes feeds the SAEs and the transcoders alike.
     layers = [layer for layer in TUTORIAL_LAYERS if layer < model.n_layers]
